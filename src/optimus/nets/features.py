@@ -1,0 +1,167 @@
+r"""Per-coordinate accumulators and input features of the learned optimizers.
+
+Accumulators (all start at zero; updated with :math:`g_t` *before* features are built):
+
+.. math::
+    m^{(k)}_t = \beta_k m^{(k)}_{t-1} + (1-\beta_k) g_t, \qquad
+    v^{(k)}_t = \beta_k v^{(k)}_{t-1} + (1-\beta_k) g_t^2, \qquad \beta \in \{0.9, 0.99, 0.999\}
+
+(the spec's second moment :math:`r` at 0.999 is :math:`v^{(3)}`). Per-coordinate channels, in
+the Adafactor-MLP style of Metz et al. (2022), with
+:math:`\rho(v) = (v + \epsilon)^{-1/2}`:
+
+``g, m(3), r, m·ρ(r) (3), ρ(r), g·ρ(v) (3), v (3), ρ(v) (3), m·ρ(v) (3)`` (21 channels)
+
+plus BFGS-like secant channels (ours): the last step :math:`s = x_t - x_{t-1}`, the gradient
+change :math:`y = g_t - g_{t-1}`, the preconditioned change :math:`B y`, and the displacement
+:math:`x_t - x_0` (translation invariant: the raw position is never fed). Every channel is
+divided by its root-mean-square over the valid coordinates, so features are invariant to the
+scale of the objective (:math:`f \to c f`) and to the number of coordinates.
+
+:math:`\epsilon` is relative (``1e-12 × mean(v)``), which keeps the features exactly invariant
+under :math:`f \to c f`.
+
+Global (per-problem) features, broadcast to every token: the time features
+:math:`\tanh(t/\tau - 1)` for 11 horizons :math:`\tau`, the relative change of :math:`f`, the
+log ratio :math:`|f_t| / |f_0|`, cosines between :math:`g_t` and :math:`s`, between
+:math:`g_t` and :math:`g_{t-1}`, and between :math:`s` and :math:`y`, and (in coordinate
+units) the log RMS length of the last step, of the displacement from :math:`x_0`, and of the
+Barzilai–Borwein step :math:`\|g\| \, |s^\top y| / \|y\|^2`.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+BETAS = (0.9, 0.99, 0.999)
+TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
+N_COORD_FEATURES = 25
+N_GLOBAL_FEATURES = len(TIMESCALES) + 9
+
+
+class Accumulators(eqx.Module):
+    """Momentum and second-moment accumulators, shape ``(N, 3)`` each."""
+
+    m: jax.Array
+    v: jax.Array
+
+
+def init_accumulators(x: jax.Array) -> Accumulators:
+    z = jnp.zeros(x.shape + (len(BETAS),), x.dtype)
+    return Accumulators(m=z, v=z)
+
+
+def update_accumulators(acc: Accumulators, g: jax.Array) -> Accumulators:
+    b = jnp.asarray(BETAS, g.dtype)
+    gg = g[:, None]
+    return Accumulators(m=b * acc.m + (1 - b) * gg, v=b * acc.v + (1 - b) * gg**2)
+
+
+def masked_mean(a: jax.Array, mask: jax.Array, axis: int = 0) -> jax.Array:
+    """Mean over the valid coordinates (``mask`` True) along ``axis`` 0."""
+    w = mask.astype(a.dtype)
+    w = w.reshape(w.shape + (1,) * (a.ndim - 1))
+    return jnp.sum(a * w, axis=axis) / jnp.maximum(jnp.sum(w, axis=axis), 1)
+
+
+def _rms_normalize(ch: jax.Array, mask: jax.Array) -> jax.Array:
+    """Divide every channel (column) by its RMS over valid coordinates; zero the padding.
+
+    Channels are first divided by their largest magnitude, so that squaring cannot underflow
+    or overflow whatever the scale of the objective."""
+    ch = jnp.where(mask[:, None], ch, 0)
+    tiny = jnp.finfo(ch.dtype).tiny
+    peak = jnp.max(jnp.abs(ch), axis=0)
+    ch = ch / (peak + tiny)
+    ms = masked_mean(ch**2, mask)
+    return ch * jax.lax.rsqrt(ms + tiny)
+
+
+def _safe_log_ratio(a: jax.Array, b: jax.Array) -> jax.Array:
+    tiny = jnp.finfo(a.dtype).tiny
+    return jnp.log(a + tiny) - jnp.log(b + tiny)
+
+
+def _cos(a: jax.Array, b: jax.Array) -> jax.Array:
+    tiny = jnp.finfo(a.dtype).tiny
+    return jnp.vdot(a, b) / jnp.sqrt(jnp.vdot(a, a) * jnp.vdot(b, b) + tiny)
+
+
+def coordinate_features(
+    g: jax.Array,
+    acc: Accumulators,
+    s: jax.Array,
+    y: jax.Array,
+    By: jax.Array,
+    dx: jax.Array,
+    mask: jax.Array,
+) -> jax.Array:
+    """Per-coordinate features, shape ``(N, N_COORD_FEATURES)``, RMS-normalised per channel."""
+    m, v = acc.m, acc.v
+    r = v[:, 2:3]
+    eps = 1e-12 * masked_mean(v, mask)[None, :] + jnp.finfo(g.dtype).tiny
+    rho_r = jax.lax.rsqrt(r + eps[:, 2:3])
+    rho_v = jax.lax.rsqrt(v + eps)
+    gg = g[:, None]
+    chans = jnp.concatenate(
+        [
+            gg,
+            m,
+            r,
+            m * rho_r,
+            rho_r,
+            gg * rho_v,
+            v,
+            rho_v,
+            m * rho_v,
+            s[:, None],
+            y[:, None],
+            By[:, None],
+            dx[:, None],
+        ],
+        axis=1,
+    )
+    return _rms_normalize(chans, mask)
+
+
+def global_features(
+    t: jax.Array,
+    f: jax.Array,
+    f_prev: jax.Array,
+    f0: jax.Array,
+    g: jax.Array,
+    g_prev: jax.Array,
+    s: jax.Array,
+    y: jax.Array,
+    dx: jax.Array,
+    mask: jax.Array,
+) -> jax.Array:
+    """Per-problem features, shape ``(N_GLOBAL_FEATURES,)``; invariant to ``f → c f``."""
+    dtype = g.dtype
+    n = jnp.maximum(jnp.sum(mask), 1).astype(dtype)
+    tau = jnp.asarray(TIMESCALES, dtype)
+    time = jnp.tanh(t.astype(dtype) / tau - 1)
+    tiny = jnp.finfo(dtype).tiny
+    df = jnp.tanh((f - f_prev) / (jnp.abs(f_prev) + tiny))
+    logf = jnp.clip(_safe_log_ratio(jnp.abs(f), jnp.abs(f0)), -60, 60) / 10
+    rms = lambda a: jnp.sqrt(jnp.vdot(a, a) / n)  # noqa: E731
+    yy = jnp.vdot(y, y)
+    bb = rms(g) * jnp.abs(jnp.vdot(s, y)) / (yy + tiny)
+    has_prev = (t > 0).astype(dtype)
+    glob = jnp.stack(
+        [
+            df,
+            logf,
+            _cos(g, s),
+            _cos(g, g_prev),
+            _cos(s, y),
+            jnp.clip(jnp.log10(rms(s) + 1e-30), -30, 10) / 5,
+            jnp.clip(jnp.log10(rms(dx) + 1e-30), -30, 10) / 5,
+            jnp.clip(jnp.log10(bb + 1e-30), -30, 10) / 5,
+            has_prev,
+        ]
+    )
+    glob = jnp.where(jnp.isfinite(glob), glob, 0)
+    return jnp.concatenate([time, glob]).astype(dtype)

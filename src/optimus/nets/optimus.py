@@ -1,0 +1,155 @@
+r"""The Optimus network: a Transformer over coordinate tokens that predicts a step and rank-one
+updates of a preconditioner.
+
+Given per-coordinate features :math:`\phi_t \in \mathbb{R}^{n\times F}` and global features
+:math:`\gamma_t \in \mathbb{R}^G` (see :mod:`optimus.nets.features`), tokens
+:math:`h^{(0)}_i = W_e [\phi_{t,i}; \gamma_t]` pass through ``depth`` encoder layers
+(:mod:`optimus.nets.encoder`), giving :math:`h_i`. Then
+
+* rank-one branch: :math:`u_i = w_u^\top h_i \cdot e^{\kappa} / \sqrt{n}` with a global log
+  scale :math:`\kappa` and a damping :math:`\rho = \mathrm{sigmoid}(\cdot) \in (0, 1)`, both from
+  the mean-pooled tokens; the preconditioner follows the damped rank-one update
+  :math:`B_{t+1} = \rho B_t + (1 - \rho) I + u u^\top`, :math:`B_0 = I`, so every eigenvalue
+  of :math:`B` stays :math:`\ge 1` (symmetric positive definite by construction, in any
+  floating-point precision; the overall step length is set by :math:`\sigma`);
+* step branch: a per-coordinate MLP on :math:`[\phi_{t,i}; \gamma_t; h_i]` gives a direction
+  :math:`d_i` (plus a linear skip initialised to the Adam direction
+  :math:`m^{(0.9)} / \sqrt{v^{(0.999)}}`) and a log-magnitude :math:`\mu_i`; a global log step
+  length :math:`\sigma` comes from the pooled tokens. The step size is
+  :math:`a_i = \exp(c_1 \mu_i + \sigma)`;
+* update (in :mod:`optimus.optimizers.learned`): :math:`x_{t+1} = x_t - B_{t+1} (a \odot d)`.
+
+With ``precondition=False`` the rank-one branch is unused and :math:`B = I` (the ablation
+``optimus-noprecond``). Every layer acts per token, so one network serves any dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from optimus.nets.encoder import Dense, Encoder
+from optimus.nets.features import N_COORD_FEATURES, N_GLOBAL_FEATURES, masked_mean
+
+ADAM_CHANNEL = 5  # m(0.9) * rsqrt(r): the Adam direction, see features.coordinate_features
+MAG_SCALE = 0.1  # c1 in a = exp(c1 * mu + sigma)
+INIT_LOG_STEP = float(jnp.log(0.03))  # initial step RMS in box-normalised coordinates
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConfig:
+    """Architecture of a learned optimizer network (serialised with the weights)."""
+
+    kind: str = "optimus"  # "optimus" or "mlp"
+    width: int = 32
+    depth: int = 3
+    num_heads: int = 4
+    mlp_ratio: int = 2
+    hidden: int = 32
+    precondition: bool = True
+
+    def __post_init__(self):
+        if self.kind not in ("optimus", "mlp"):
+            raise ValueError(f"unknown network kind {self.kind!r}; expected 'optimus' or 'mlp'")
+        for name in ("width", "num_heads", "mlp_ratio", "hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"NetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.depth < 0:
+            raise ValueError(f"NetConfig.depth must be >= 0, got {self.depth}")
+
+
+class NetOutput(eqx.Module):
+    """Raw predictions for one step: direction ``d``, log-magnitudes ``mu`` (both ``(N,)``),
+    global log step ``sigma``, rank-one vector ``u`` ``(N,)`` and damping ``rho``."""
+
+    d: jax.Array
+    mu: jax.Array
+    sigma: jax.Array
+    u: jax.Array
+    rho: jax.Array
+
+
+class StepHead(eqx.Module):
+    """Per-coordinate MLP giving ``(d, mu)``, with a linear skip from the features to ``d``."""
+
+    fc1: Dense
+    fc2: Dense
+    out: Dense
+    skip: Dense
+
+    def __init__(self, d_in: int, hidden: int, *, key: jax.Array):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.fc1 = Dense(d_in, hidden, key=k1)
+        self.fc2 = Dense(hidden, hidden, key=k2)
+        self.out = Dense(hidden, 2, key=k3, scale=0.01)
+        w = jnp.zeros((N_COORD_FEATURES, 1)).at[ADAM_CHANNEL, 0].set(1.0)
+        self.skip = Dense(N_COORD_FEATURES, 1, key=k3)
+        self.skip = eqx.tree_at(lambda m: m.weight, self.skip, w)
+
+    def __call__(self, inp: jax.Array, coord_feats: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = jax.nn.gelu(self.fc1(inp))
+        h = jax.nn.gelu(self.fc2(h))
+        o = self.out(h)
+        d = o[:, 0] + self.skip(coord_feats)[:, 0]
+        return d, o[:, 1]
+
+
+class OptimusNet(eqx.Module):
+    """Transformer learned optimizer (see the module docstring)."""
+
+    embed: Dense
+    encoder: Encoder
+    u_head: Dense
+    glob_head: Dense
+    step: StepHead
+    config: NetConfig = eqx.field(static=True)
+
+    def __init__(self, config: NetConfig, *, key: jax.Array):
+        ke, kenc, ku, kg, ks = jax.random.split(key, 5)
+        d_in = N_COORD_FEATURES + N_GLOBAL_FEATURES
+        w = config.width
+        self.embed = Dense(d_in, w, key=ke)
+        self.encoder = Encoder(w, config.depth, config.num_heads, config.mlp_ratio, key=kenc)
+        self.u_head = Dense(w, 1, key=ku)
+        # global head: [sigma, log u scale, rho logit] from pooled tokens + global features
+        self.glob_head = Dense(w + N_GLOBAL_FEATURES, 3, key=kg, scale=0.01)
+        self.glob_head = eqx.tree_at(
+            lambda m: m.bias, self.glob_head, jnp.asarray([INIT_LOG_STEP, -3.0, 4.0])
+        )
+        self.step = StepHead(d_in + w, config.hidden, key=ks)
+        self.config = config
+
+    def __call__(self, feats: jax.Array, glob: jax.Array, mask: jax.Array) -> NetOutput:
+        n_tok = feats.shape[0]
+        gb = jnp.broadcast_to(glob, (n_tok, glob.shape[0]))
+        inp = jnp.concatenate([feats, gb], axis=1)
+        h = self.encoder(self.embed(inp), mask)
+        pooled = masked_mean(h, mask)
+        sigma, log_u, rho_logit = self.glob_head(jnp.concatenate([pooled, glob]))
+        n = jnp.maximum(jnp.sum(mask), 1).astype(feats.dtype)
+        u = self.u_head(h)[:, 0] * jnp.exp(log_u) / jnp.sqrt(n)
+        d, mu = self.step(jnp.concatenate([inp, h], axis=1), feats)
+        zero = jnp.zeros((), feats.dtype)
+        return NetOutput(
+            d=jnp.where(mask, d, 0),
+            mu=jnp.where(mask, mu, 0),
+            sigma=sigma,
+            u=jnp.where(mask, u, 0),
+            rho=jax.nn.sigmoid(rho_logit) + zero,
+        )
+
+
+def precondition_update(B: jax.Array, u: jax.Array, rho: jax.Array) -> jax.Array:
+    r"""Damped rank-one update :math:`B \leftarrow \rho B + (1-\rho) I + u u^\top`.
+
+    For :math:`\rho \in [0, 1]` and symmetric :math:`B \succeq I` the result is symmetric with
+    :math:`z^\top B' z = \rho z^\top B z + (1-\rho)\|z\|^2 + (u^\top z)^2 \ge \|z\|^2`, so
+    :math:`B \succeq I` (hence positive definite) holds through any number of updates. The
+    explicit symmetrisation removes floating-point asymmetry.
+    """
+    eye = jnp.eye(B.shape[0], dtype=B.dtype)
+    B = rho * B + (1 - rho) * eye + jnp.outer(u, u)
+    return 0.5 * (B + B.T)

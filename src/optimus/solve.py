@@ -1,0 +1,440 @@
+r"""The driver: :func:`minimize`.
+
+For a JAX objective the whole solve is one jitted ``lax.while_loop``: every iteration evaluates
+:math:`f` and :math:`\nabla f` once at the point the optimizer asks for
+(:mod:`optimus.optimizers.base`), tracks the best finite iterate, the history and the
+termination status. ``fun`` is a static argument of the jitted solver, so a second call with
+the same function object and shapes reuses the compiled loop. For a NumPy objective (``jac=``
+given) the same jitted step runs in a host loop.
+
+Bounds: with ``bounds=(lo, hi)`` the optimizer works in box-normalised coordinates
+:math:`z \in [-1, 1]^n`, :math:`x = \mathrm{clip}(c + h z, lo, hi)` with centre :math:`c` and
+half-width :math:`h`; the objective is only ever evaluated inside the box. All learned methods
+were meta-trained in such coordinates, so passing the box of the problem is recommended.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from optimus.optimizers import LEARNED_METHODS, Optimizer, check_method, get_optimizer
+from optimus.result import OptimizeResult, Status, make_result
+
+RUNNING = -1
+DEFAULT_MAX_EVALS_PER_STEP = 30
+
+
+class Carry(eqx.Module):
+    state: Any
+    nfev: jax.Array
+    best_x: jax.Array
+    best_f: jax.Array
+    best_g: jax.Array
+    hist: jax.Array
+    status: jax.Array
+
+
+def _init_carry(opt: Optimizer, z0: jax.Array, steps: int, key) -> Carry:
+    dtype = z0.dtype
+    return Carry(
+        state=opt.init(z0, key),
+        nfev=jnp.zeros((), jnp.int32),
+        best_x=z0,
+        best_f=jnp.asarray(jnp.inf, dtype),
+        best_g=jnp.zeros_like(z0),
+        hist=jnp.full((steps + 1,), jnp.nan, dtype),
+        status=jnp.asarray(RUNNING, jnp.int32),
+    )
+
+
+def _step(opt: Optimizer, carry: Carry, f, g, steps: int, max_evals, gtol) -> Carry:
+    """Account for one evaluation ``(f, g)`` at ``carry.state.x`` and advance the optimizer."""
+    state = carry.state
+    dtype = carry.best_f.dtype
+    f = jnp.asarray(f, dtype)
+    g = jnp.asarray(g, dtype)
+    nfev = carry.nfev + 1
+    finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
+    first = carry.nfev == 0
+    better = finite & (f < carry.best_f)
+    best_x = jnp.where(better, state.x, carry.best_x)
+    best_f = jnp.where(better, f, carry.best_f)
+    best_g = jnp.where(better, g, carry.best_g)
+    hist = jnp.where(first, carry.hist.at[0].set(f), carry.hist)
+    converged = finite & (jnp.max(jnp.abs(g), initial=0.0) <= gtol) & (f <= best_f)
+
+    if opt.uses_line_search:
+        # a non-finite trial point is reported as +inf: the line search then shrinks the step
+        new_state = opt.update(state, jnp.where(finite, f, jnp.inf), jnp.where(finite, g, 0))
+        keep = jnp.asarray(False)
+    else:
+        new_state = opt.update(state, f, g)
+        keep = ~finite
+    new_state = jax.tree.map(lambda old, new: jnp.where(keep, old, new), state, new_state)
+    advanced = new_state.nit > state.nit
+    hist = jnp.where(advanced, hist.at[jnp.minimum(new_state.nit, steps)].set(best_f), hist)
+
+    status = jnp.select(
+        [
+            first & ~finite,
+            ~finite & ~opt.uses_line_search,
+            converged,
+            new_state.failed,
+            new_state.nit >= steps,
+            nfev >= max_evals,
+        ],
+        [
+            Status.NO_FINITE_POINT,
+            Status.NONFINITE,
+            Status.CONVERGED,
+            Status.LINESEARCH_FAILED,
+            Status.MAX_STEPS,
+            Status.MAX_EVALS,
+        ],
+        RUNNING,
+    ).astype(jnp.int32)
+    return Carry(new_state, nfev, best_x, best_f, best_g, hist, status)
+
+
+class _Box(eqx.Module):
+    """Box-normalising change of variables ``x = clip(c + h z, lo, hi)``."""
+
+    lo: jax.Array
+    hi: jax.Array
+
+    def to_x(self, z):
+        c, h = 0.5 * (self.hi + self.lo), 0.5 * (self.hi - self.lo)
+        return jnp.clip(c + h * z, self.lo, self.hi)
+
+    def to_z(self, x):
+        c, h = 0.5 * (self.hi + self.lo), 0.5 * (self.hi - self.lo)
+        return (jnp.clip(x, self.lo, self.hi) - c) / h
+
+    def grad_z(self, x, gx):
+        """Chain rule through the clip: zero where a coordinate sits at its bound."""
+        h = 0.5 * (self.hi - self.lo)
+        inside = (x > self.lo) & (x < self.hi)
+        return jnp.where(inside, gx * h, 0)
+
+
+def _build(method, options, params):
+    return get_optimizer(method, params=params, **dict(options))
+
+
+def _solve_jax_impl(fun, method, options, steps, params, x0_tree, box, max_evals, gtol, key):
+    opt = _build(method, options, params)
+    x0, unravel = ravel_pytree(x0_tree)
+    to_x = (lambda z: z) if box is None else box.to_x
+    z0 = x0 if box is None else box.to_z(x0)
+
+    def objective(z):
+        return fun(unravel(to_x(z)))
+
+    vg = jax.value_and_grad(objective)
+
+    def body(carry):
+        f, g = vg(carry.state.x)
+        return _step(opt, carry, f, g, steps, max_evals, gtol)
+
+    carry = jax.lax.while_loop(
+        lambda c: c.status == RUNNING, body, _init_carry(opt, z0, steps, key)
+    )
+    hess_inv = None if opt.hess_inv is None else opt.hess_inv(carry.state)
+    n_fallback = getattr(carry.state, "n_fallback", jnp.zeros((), jnp.int32))
+    return carry, to_x(carry.best_x), hess_inv, n_fallback
+
+
+_solve_jax = jax.jit(_solve_jax_impl, static_argnames=("fun", "method", "options", "steps"))
+
+
+@functools.partial(jax.jit, static_argnames=("method", "options", "steps"))
+def _host_init(method, options, steps, params, z0, key):
+    return _init_carry(_build(method, options, params), z0, steps, key)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "options", "steps"))
+def _host_step(method, options, steps, params, carry, f, g, max_evals, gtol):
+    return _step(_build(method, options, params), carry, f, g, steps, max_evals, gtol)
+
+
+# ---------------------------------------------------------------------------------------------
+# input validation
+
+
+def _as_float_tree(x0: Any) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(x0)
+    if not leaves:
+        raise ValueError("x0 is empty: it must contain at least one array")
+    out = []
+    for leaf in leaves:
+        arr = leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
+            raise TypeError(
+                f"x0 must be a floating-point array (or pytree of them); got dtype {arr.dtype}. "
+                "Convert it first, e.g. np.asarray(x0, dtype=float)."
+            )
+        if not np.all(np.isfinite(np.asarray(arr))):
+            raise ValueError("x0 contains NaN or inf; the starting point must be finite")
+        out.append(jnp.asarray(arr))
+    if sum(a.size for a in out) == 0:
+        raise ValueError("x0 has no elements")
+    dtypes = {a.dtype for a in out}
+    if len(dtypes) > 1:
+        raise TypeError(f"all leaves of x0 must share one dtype; got {sorted(map(str, dtypes))}")
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _parse_bounds(bounds, x0_flat: jax.Array) -> _Box | None:
+    """Accepts ``scipy.optimize.Bounds``, ``(lo, hi)`` with scalars or length-n arrays, or a
+    sequence of n ``(lo, hi)`` pairs (scipy's format, which wins when n == 2 is ambiguous)."""
+    if bounds is None:
+        return None
+    n = x0_flat.shape[0]
+    msg = (
+        f"bounds must be scipy.optimize.Bounds, (lo, hi) with scalars or arrays of length {n}, "
+        f"or a sequence of {n} (lo, hi) pairs"
+    )
+    try:
+        if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
+            lo, hi = bounds.lb, bounds.ub
+        elif np.shape(bounds) == (n, 2):
+            arr = np.asarray(bounds, float)
+            lo, hi = arr[:, 0], arr[:, 1]
+        elif len(bounds) == 2:
+            lo, hi = bounds
+        else:
+            raise ValueError(msg)
+        lo = np.broadcast_to(np.asarray(lo, float), (n,))
+        hi = np.broadcast_to(np.asarray(hi, float), (n,))
+    except (ValueError, TypeError):
+        raise ValueError(msg) from None
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError("bounds must be finite (use bounds=None for an unbounded problem)")
+    if np.any(lo >= hi):
+        raise ValueError("every lower bound must be strictly below its upper bound")
+    dtype = x0_flat.dtype
+    return _Box(lo=jnp.asarray(lo, dtype), hi=jnp.asarray(hi, dtype))
+
+
+def _check_scalar_output(fun, x0_tree) -> None:
+    try:
+        out = jax.eval_shape(fun, x0_tree)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as e:
+        raise TypeError(
+            "fun could not be traced by JAX (it converts its input to NumPy or branches on "
+            "values). Either write it with jax.numpy, or pass jac= (a gradient callable, or "
+            "jac=True if fun returns (value, grad)) to use the NumPy path."
+        ) from e
+    shape = getattr(out, "shape", None)
+    if shape is None:
+        raise TypeError(f"fun must return a scalar array, got {type(out).__name__}")
+    if math.prod(shape) != 1:
+        raise ValueError(f"fun must return a scalar, got an output of shape {shape}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"fun must return a floating-point scalar, got dtype {out.dtype}")
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point
+
+
+def minimize(
+    fun: Callable[..., Any],
+    x0: Any,
+    *,
+    method: str = "optimus",
+    steps: int = 100,
+    max_evals: int | None = None,
+    bounds: Any = None,
+    key: jax.Array | None = None,
+    params: Any = None,
+    jac: Callable[..., Any] | bool | None = None,
+    callback: Callable[[OptimizeResult], Any] | None = None,
+    gtol: float = 1e-5,
+    options: dict[str, Any] | None = None,
+) -> OptimizeResult:
+    r"""Minimize a scalar function.
+
+    Args:
+        fun: objective. A JAX-traceable function of ``x0``'s structure (array or pytree of
+            arrays) returning a scalar; or, with ``jac`` given, any Python/NumPy function of a
+            NumPy array.
+        x0: starting point (finite, floating point). Its dtype is kept (float32 by default in
+            JAX; float64 under ``jax.enable_x64``).
+        method: one of :func:`optimus.methods`.
+        steps: iteration budget. For first-order and learned methods one iteration is one
+            objective+gradient evaluation; BFGS/L-BFGS spend several per iteration.
+        max_evals: objective+gradient evaluation budget (default ``30 * steps``).
+        bounds: ``(lo, hi)`` (scalars or arrays) or a sequence of ``(lo, hi)`` pairs: the
+            optimizer then works in box-normalised coordinates and ``fun`` is only evaluated
+            inside the box. ``x0`` is clipped into the box.
+        key: PRNG key passed to the optimizer's ``init`` (no built-in method is random).
+        params: meta-parameters (a network) of a learned method; defaults to the shipped
+            pretrained weights for that method.
+        jac: ``None`` (JAX autodiff), a callable returning the gradient, or ``True`` when
+            ``fun`` returns ``(value, grad)``, as in :func:`scipy.optimize.minimize`.
+        callback: called after every iteration with an intermediate :class:`OptimizeResult`
+            (``x``, ``fun``, ``nit``, ``nfev``); returning ``True`` or raising
+            ``StopIteration`` stops the solve (status ``CALLBACK_STOP``). Runs on the host.
+        gtol: stop when :math:`\|\nabla f\|_\infty \le` ``gtol`` at the best iterate.
+        options: hyper-parameters of classical methods (``learning_rate``, ``memory``, ...).
+
+    Returns:
+        :class:`optimus.OptimizeResult` with ``x`` the best finite iterate seen.
+    """
+    method = check_method(method)
+    if not callable(fun):
+        raise TypeError(f"fun must be callable, got {type(fun).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = int(steps)
+    if max_evals is None:
+        max_evals = DEFAULT_MAX_EVALS_PER_STEP * steps
+    if isinstance(max_evals, bool) or not isinstance(max_evals, int | np.integer) or max_evals < 1:
+        raise ValueError(f"max_evals must be a positive integer, got {max_evals!r}")
+    if not (isinstance(gtol, int | float) and gtol >= 0):
+        raise ValueError(f"gtol must be a non-negative number, got {gtol!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable")
+    options = dict(options or {})
+    if method in LEARNED_METHODS and params is None:
+        from optimus.pretrained import load_pretrained
+
+        params = load_pretrained(method)
+    get_optimizer(method, params=params, **options)  # validates params and options up front
+    try:
+        options_key = tuple(sorted(options.items()))
+        hash(options_key)
+    except TypeError:
+        raise ValueError("options values must be hashable (numbers, strings, tuples)") from None
+
+    x0_tree = _as_float_tree(x0)
+    x0_flat, unravel = ravel_pytree(x0_tree)
+    box = _parse_bounds(bounds, x0_flat)
+    if box is not None:
+        x0_flat = jnp.clip(x0_flat, box.lo, box.hi)
+        x0_tree = unravel(x0_flat)
+    dtype = x0_flat.dtype
+    common = dict(method=method, options=options_key, steps=steps, params=params)
+
+    if jac is None and callback is None:
+        _check_scalar_output(fun, x0_tree)
+        carry, x_best, hess_inv, n_fallback = _solve_jax(
+            fun=fun,
+            x0_tree=x0_tree,
+            box=box,
+            max_evals=jnp.asarray(max_evals, jnp.int32),
+            gtol=jnp.asarray(gtol, dtype),
+            key=key,
+            **common,
+        )
+    else:
+        carry, x_best, hess_inv, n_fallback = _solve_host(
+            fun, jac, callback, x0_tree, box, max_evals, gtol, key, common
+        )
+
+    status = Status(int(carry.status)) if int(carry.status) != RUNNING else Status.MAX_EVALS
+    nit = int(carry.state.nit)
+    best_f = carry.best_f
+    if not bool(jnp.isfinite(best_f)):
+        status = Status.NO_FINITE_POINT if int(carry.nfev) <= 1 else Status.NONFINITE
+        x_best = x0_flat
+    jac_x = carry.best_g if box is None else carry.best_g / (0.5 * (box.hi - box.lo))
+    if box is not None and hess_inv is not None:
+        h = 0.5 * (box.hi - box.lo)
+        hess_inv = h[:, None] * hess_inv * h[None, :]
+    hist = np.asarray(carry.hist)[: min(nit, steps) + 1]
+    return make_result(
+        x=unravel(x_best),
+        fun=float(best_f),
+        jac=unravel(jac_x),
+        nit=nit,
+        nfev=int(carry.nfev),
+        status=status,
+        history=hist,
+        method=method,
+        hess_inv=hess_inv,
+        n_fallback=int(n_fallback),
+    )
+
+
+def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
+    """Host loop: NumPy objectives (``jac=`` given) and per-iteration callbacks."""
+    x0_flat, unravel = ravel_pytree(x0_tree)
+    dtype = x0_flat.dtype
+    shape = np.shape(x0_tree) if isinstance(x0_tree, jax.Array) else None
+    z0 = x0_flat if box is None else box.to_z(x0_flat)
+    to_x = (lambda z: z) if box is None else box.to_x
+    if jac is None:
+        vg_jax = jax.jit(jax.value_and_grad(lambda z: fun(unravel(to_x(z)))))
+
+        def evaluate(z):
+            return vg_jax(z)
+    else:
+        if shape is None:
+            raise TypeError("with jac= the objective takes a flat NumPy array: x0 must be an array")
+
+        def evaluate(z):
+            x = to_x(z)
+            xn = np.asarray(x, dtype=np.float64).reshape(shape)
+            if jac is True:
+                out = fun(xn)
+                if not (isinstance(out, tuple) and len(out) == 2):
+                    raise TypeError("with jac=True, fun must return a (value, gradient) tuple")
+                val, grad = out
+            elif callable(jac):
+                val, grad = fun(xn), jac(xn)
+            else:
+                raise TypeError("jac must be None, True, or a callable returning the gradient")
+            val = np.asarray(val)
+            if val.size != 1:
+                raise ValueError(f"fun must return a scalar, got an output of shape {val.shape}")
+            grad = np.asarray(grad, dtype=np.float64)
+            if grad.size != x.size:
+                raise ValueError(
+                    f"the gradient has shape {grad.shape}, expected {shape} (the shape of x0)"
+                )
+            g = jnp.asarray(grad.reshape(-1), dtype)
+            if box is not None:
+                g = box.grad_z(x, g)
+            return jnp.asarray(float(val.reshape(())), dtype), g
+
+    params = common["params"]
+    static = dict(method=common["method"], options=common["options"], steps=common["steps"])
+    carry = _host_init(params=params, z0=z0, key=key, **static)
+    max_evals_a = jnp.asarray(max_evals, jnp.int32)
+    gtol_a = jnp.asarray(gtol, dtype)
+    while int(carry.status) == RUNNING:
+        nit_before = int(carry.state.nit)
+        f, g = evaluate(carry.state.x)
+        carry = _host_step(
+            params=params, carry=carry, f=f, g=g, max_evals=max_evals_a, gtol=gtol_a, **static
+        )
+        if callback is not None and int(carry.state.nit) > nit_before:
+            inter = OptimizeResult(
+                x=unravel(to_x(carry.best_x)),
+                fun=float(carry.best_f),
+                nit=int(carry.state.nit),
+                nfev=int(carry.nfev),
+            )
+            try:
+                stop = callback(inter)
+            except StopIteration:
+                stop = True
+            if stop is True and int(carry.status) == RUNNING:
+                carry = eqx.tree_at(
+                    lambda c: c.status, carry, jnp.asarray(Status.CALLBACK_STOP, jnp.int32)
+                )
+    opt = _build(common["method"], common["options"], params)
+    hess_inv = None if opt.hess_inv is None else opt.hess_inv(carry.state)
+    n_fallback = getattr(carry.state, "n_fallback", jnp.zeros((), jnp.int32))
+    return carry, to_x(carry.best_x), hess_inv, n_fallback

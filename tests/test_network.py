@@ -1,0 +1,155 @@
+"""Properties of the learned-optimizer networks: equivariance, padding, B SPD, invariances."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optimus.nets import NetConfig, build_net
+from optimus.nets import features as F
+from optimus.nets.optimus import precondition_update
+from optimus.optimizers.learned import learned_init, learned_update
+
+CONFIGS = {
+    "optimus": NetConfig(kind="optimus", width=16, depth=2, num_heads=2),
+    "optimus-noprecond": NetConfig(kind="optimus", width=16, depth=2, num_heads=2,
+                                   precondition=False),
+    "mlp": NetConfig(kind="mlp", hidden=16),
+}
+
+
+def _net(name, seed=0):
+    return build_net(CONFIGS[name], jax.random.key(seed))
+
+
+def _quad(x):
+    scales = jnp.linspace(1.0, 10.0, x.shape[0])
+    return jnp.sum(scales * (x - 0.3) ** 2) + jnp.sum(jnp.sin(3 * x))
+
+
+def _run(net, x0, steps, mask=None, fun=_quad):
+    """A few learned updates on ``fun`` (restricted to valid coordinates when masked)."""
+    state = learned_init(net, x0, mask)
+    m = jnp.ones_like(x0, bool) if mask is None else mask
+
+    def obj(x):
+        return fun(jnp.where(m, x, 0.0)[: int(m.sum())]) if mask is not None else fun(x)
+
+    for _ in range(steps):
+        f, g = jax.value_and_grad(obj)(state.x)
+        state = learned_update(net, state, f, g)
+    return state
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_permutation_equivariance(name):
+    net = _net(name)
+    n = 9
+    key = jax.random.key(1)
+    x0 = jax.random.normal(key, (n,))
+    perm = jax.random.permutation(jax.random.key(2), n)
+    w = jnp.linspace(1.0, 10.0, n)
+
+    def f(x, w=w):
+        return jnp.sum(w * (x - 0.3) ** 2) + jnp.sum(jnp.sin(3 * x))
+
+    def f_perm(xp):
+        return jnp.sum(w[perm] * (xp - 0.3) ** 2) + jnp.sum(jnp.sin(3 * xp))
+
+    s1 = _run(net, x0, 4, fun=f)
+    s2 = _run(net, x0[perm], 4, fun=f_perm)
+    np.testing.assert_allclose(s1.x[perm], s2.x, rtol=2e-4, atol=1e-5)
+    # the raw network outputs are permuted the same way
+    g = jax.grad(f)(s1.x)
+    feats = F.coordinate_features(g, s1.acc, g, g, g, g, jnp.ones(n, bool))
+    glob = jnp.zeros(F.N_GLOBAL_FEATURES)
+    out1 = net(feats, glob, jnp.ones(n, bool))
+    out2 = net(feats[perm], glob, jnp.ones(n, bool))
+    for a, b in [(out1.d, out2.d), (out1.mu, out2.mu), (out1.u, out2.u)]:
+        np.testing.assert_allclose(a[perm], b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out1.sigma, out2.sigma, rtol=1e-5)
+    if s1.B is not None:
+        np.testing.assert_allclose(s1.B[perm][:, perm], s2.B, rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_padded_and_unpadded_agree(name):
+    net = _net(name)
+    n, pad = 7, 16
+    x0 = jax.random.normal(jax.random.key(3), (n,))
+    s1 = _run(net, x0, 5)
+    x0p = jnp.concatenate([x0, 5.0 * jnp.ones(pad - n)])
+    mask = jnp.arange(pad) < n
+    s2 = _run(net, x0p, 5, mask=mask)
+    np.testing.assert_allclose(s1.x, s2.x[:n], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(s2.x[n:], x0p[n:])  # padding never moves
+
+
+@pytest.mark.parametrize("n", [1, 2, 33, 2000])
+def test_any_dimension(n):
+    net = _net("optimus")
+    x0 = jax.random.normal(jax.random.key(4), (n,))
+    state = _run(net, x0, 2, fun=lambda x: jnp.sum(x**2))
+    assert state.x.shape == (n,)
+    assert bool(jnp.all(jnp.isfinite(state.x)))
+    assert float(jnp.sum(state.x**2)) < float(jnp.sum(x0**2))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_B_stays_symmetric_positive_definite(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        n = 12
+        key = jax.random.key(5)
+        B = jnp.eye(n, dtype=dtype)
+        for i in range(3000):
+            k1, k2, key = jax.random.split(key, 3)
+            u = (jax.random.normal(k1, (n,)) * 10.0 ** jax.random.uniform(k2, (), minval=-3,
+                                                                           maxval=1)).astype(dtype)
+            rho = jnp.asarray([0.0, 0.5, 0.9, 0.999, 1.0][i % 5], dtype)
+            B = precondition_update(B, u, rho)
+        assert B.dtype == dtype
+        np.testing.assert_array_equal(B, B.T)
+        eig = np.linalg.eigvalsh(np.asarray(B, np.float64))
+        assert eig.min() > 0.99  # B >= I by construction
+
+
+def test_B_spd_along_a_trajectory():
+    net = _net("optimus")
+    state = _run(net, jax.random.normal(jax.random.key(6), (10,)), 30)
+    B = np.asarray(state.B, np.float64)
+    np.testing.assert_allclose(B, B.T, atol=1e-6)
+    assert np.linalg.eigvalsh(B).min() > 0.99
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_objective_scale_invariance(name):
+    """f -> c f leaves the trajectory unchanged (features are scale free)."""
+    net = _net(name)
+    x0 = jax.random.normal(jax.random.key(7), (6,))
+    s1 = _run(net, x0, 6, fun=_quad)
+    s2 = _run(net, x0, 6, fun=lambda x: 1e4 * _quad(x))
+    s3 = _run(net, x0, 6, fun=lambda x: 1e-4 * _quad(x))
+    np.testing.assert_allclose(s1.x, s2.x, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(s1.x, s3.x, rtol=1e-3, atol=1e-5)
+
+
+def test_features_are_rms_normalised_and_finite():
+    n = 11
+    g = jax.random.normal(jax.random.key(8), (n,)) * 1e-15  # tiny gradients: v ~ 1e-30
+    g = g.at[3].set(0.0)
+    acc = F.update_accumulators(F.init_accumulators(g), g)
+    mask = jnp.arange(n) < 9
+    feats = F.coordinate_features(g, acc, g, g, g, g, mask)
+    assert feats.shape == (n, F.N_COORD_FEATURES)
+    assert bool(jnp.all(jnp.isfinite(feats)))
+    rms = jnp.sqrt(jnp.mean(feats[:9] ** 2, axis=0))
+    np.testing.assert_allclose(rms, 1.0, rtol=1e-3)  # every channel, v and 1/sqrt(v) too
+    np.testing.assert_array_equal(feats[9:], 0.0)
+
+
+def test_untrained_network_starts_as_adam_like_descent():
+    """The skip connection makes an untrained net a sensible descent method."""
+    net = _net("optimus")
+    x0 = jnp.full((5,), 0.8)
+    state = _run(net, x0, 20, fun=lambda x: jnp.sum(x**2))
+    assert float(jnp.sum(state.x**2)) < 0.5 * float(jnp.sum(x0**2))

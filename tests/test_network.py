@@ -1,5 +1,6 @@
 """Properties of the learned-optimizer networks: equivariance, padding, B SPD, invariances."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,7 +62,7 @@ def test_permutation_equivariance(name):
     np.testing.assert_allclose(s1.x[perm], s2.x, rtol=2e-4, atol=1e-5)
     # the raw network outputs are permuted the same way
     g = jax.grad(f)(s1.x)
-    feats = F.coordinate_features(g, s1.acc, g, g, g, g, jnp.ones(n, bool))
+    feats = F.coordinate_features(g, s1.acc, g, g, g, g, g, jnp.ones(n, bool))
     glob = jnp.zeros(F.N_GLOBAL_FEATURES)
     out1 = net(feats, glob, jnp.ones(n, bool))
     out2 = net(feats[perm], glob, jnp.ones(n, bool))
@@ -124,13 +125,15 @@ def test_B_spd_along_a_trajectory():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_objective_scale_invariance(name):
     """f -> c f leaves the trajectory unchanged (features are scale free)."""
-    net = _net(name)
-    x0 = jax.random.normal(jax.random.key(7), (6,))
-    s1 = _run(net, x0, 6, fun=_quad)
-    s2 = _run(net, x0, 6, fun=lambda x: 1e4 * _quad(x))
-    s3 = _run(net, x0, 6, fun=lambda x: 1e-4 * _quad(x))
-    np.testing.assert_allclose(s1.x, s2.x, rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(s1.x, s3.x, rtol=1e-3, atol=1e-5)
+    with jax.enable_x64(True):
+        net = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_array(a) else a, _net(name))
+        x0 = jax.random.normal(jax.random.key(7), (6,), jnp.float64)
+        s1 = _run(net, x0, 6, fun=_quad)
+        s2 = _run(net, x0, 6, fun=lambda x: 1e4 * _quad(x))
+        s3 = _run(net, x0, 6, fun=lambda x: 1e-4 * _quad(x))
+        assert s1.x.dtype == jnp.float64
+        np.testing.assert_allclose(s1.x, s2.x, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(s1.x, s3.x, rtol=1e-9, atol=1e-12)
 
 
 def test_features_are_rms_normalised_and_finite():
@@ -139,7 +142,7 @@ def test_features_are_rms_normalised_and_finite():
     g = g.at[3].set(0.0)
     acc = F.update_accumulators(F.init_accumulators(g), g)
     mask = jnp.arange(n) < 9
-    feats = F.coordinate_features(g, acc, g, g, g, g, mask)
+    feats = F.coordinate_features(g, acc, g, g, g, g, g, mask)
     assert feats.shape == (n, F.N_COORD_FEATURES)
     assert bool(jnp.all(jnp.isfinite(feats)))
     rms = jnp.sqrt(jnp.mean(feats[:9] ** 2, axis=0))
@@ -153,3 +156,22 @@ def test_untrained_network_starts_as_adam_like_descent():
     x0 = jnp.full((5,), 0.8)
     state = _run(net, x0, 20, fun=lambda x: jnp.sum(x**2))
     assert float(jnp.sum(state.x**2)) < 0.5 * float(jnp.sum(x0**2))
+
+
+def test_lbfgs_direction_secant_condition_and_empty_memory():
+    with jax.enable_x64(True):
+        n = 6
+        A = jnp.diag(jnp.arange(1.0, n + 1.0))
+        key = jax.random.key(9)
+        acc = F.init_accumulators(jnp.zeros(n))
+        g = jax.random.normal(key, (n,))
+        np.testing.assert_array_equal(F.lbfgs_direction(g, acc.S, acc.Y), 0.0)  # no pairs
+        for i in range(3):
+            s = jax.random.normal(jax.random.fold_in(key, i), (n,))
+            acc = F.update_accumulators(acc, g, s, A @ s)
+        # the newest pair satisfies the secant equation H y = s exactly
+        s0, y0 = acc.S[0], acc.Y[0]
+        np.testing.assert_allclose(F.lbfgs_direction(y0, acc.S, acc.Y), s0, rtol=1e-10)
+        # a pair with negative curvature is not stored
+        acc2 = F.update_accumulators(acc, g, s0, -y0)
+        np.testing.assert_array_equal(acc2.S, acc.S)

@@ -13,8 +13,12 @@ the Adafactor-MLP style of Metz et al. (2022), with
 ``g, m(3), r, m·ρ(r) (3), ρ(r), g·ρ(v) (3), v (3), ρ(v) (3), m·ρ(v) (3)`` (21 channels)
 
 plus BFGS-like secant channels (ours): the last step :math:`s = x_t - x_{t-1}`, the gradient
-change :math:`y = g_t - g_{t-1}`, the preconditioned change :math:`B y`, and the displacement
-:math:`x_t - x_0` (translation invariant: the raw position is never fed). Every channel is
+change :math:`y = g_t - g_{t-1}`, the preconditioned change :math:`B y`, the displacement
+:math:`x_t - x_0` (translation invariant: the raw position is never fed), and the L-BFGS
+direction :math:`q = H_t g_t` computed by the two-loop recursion from the last
+``LBFGS_MEMORY`` secant pairs of the learned optimizer's own trajectory (pairs with
+:math:`s^\top y \le 0` are skipped). The network can thus follow a quasi-Newton direction
+where that pays and depart from it where it does not. Every channel is
 divided by its root-mean-square over the valid coordinates, so features are invariant to the
 scale of the objective (:math:`f \to c f`) and to the number of coordinates.
 
@@ -26,7 +30,7 @@ Global (per-problem) features, broadcast to every token: the time features
 log ratio :math:`|f_t| / |f_0|`, cosines between :math:`g_t` and :math:`s`, between
 :math:`g_t` and :math:`g_{t-1}`, and between :math:`s` and :math:`y`, and (in coordinate
 units) the log RMS length of the last step, of the displacement from :math:`x_0`, and of the
-Barzilai–Borwein step :math:`\|g\| \, |s^\top y| / \|y\|^2`.
+Barzilai–Borwein step :math:`\|g\| \, |s^\top y| / \|y\|^2` and of the L-BFGS step :math:`q`.
 """
 
 from __future__ import annotations
@@ -37,26 +41,67 @@ import jax.numpy as jnp
 
 BETAS = (0.9, 0.99, 0.999)
 TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
-N_COORD_FEATURES = 25
-N_GLOBAL_FEATURES = len(TIMESCALES) + 9
+LBFGS_MEMORY = 5
+N_COORD_FEATURES = 26
+N_GLOBAL_FEATURES = len(TIMESCALES) + 10
 
 
 class Accumulators(eqx.Module):
-    """Momentum and second-moment accumulators, shape ``(N, 3)`` each."""
+    """Momentum and second-moment accumulators ``(N, 3)`` and the secant memory: the last
+    ``LBFGS_MEMORY`` pairs ``S``, ``Y`` (``(M, N)``, newest first)."""
 
     m: jax.Array
     v: jax.Array
+    S: jax.Array
+    Y: jax.Array
 
 
 def init_accumulators(x: jax.Array) -> Accumulators:
     z = jnp.zeros(x.shape + (len(BETAS),), x.dtype)
-    return Accumulators(m=z, v=z)
+    zm = jnp.zeros((LBFGS_MEMORY,) + x.shape, x.dtype)
+    return Accumulators(m=z, v=z, S=zm, Y=zm)
 
 
-def update_accumulators(acc: Accumulators, g: jax.Array) -> Accumulators:
+def update_accumulators(
+    acc: Accumulators, g: jax.Array, s: jax.Array | None = None, y: jax.Array | None = None
+) -> Accumulators:
+    """Add ``g`` to the moments and, when given, the secant pair ``(s, y)`` to the memory
+    (a pair with ``s^T y <= 0`` or a zero step is not stored)."""
     b = jnp.asarray(BETAS, g.dtype)
     gg = g[:, None]
-    return Accumulators(m=b * acc.m + (1 - b) * gg, v=b * acc.v + (1 - b) * gg**2)
+    S, Y = acc.S, acc.Y
+    if s is not None:
+        keep = jnp.vdot(s, y) > 1e-10 * jnp.sqrt(jnp.vdot(s, s) * jnp.vdot(y, y))
+        S = jnp.where(keep, jnp.concatenate([s[None], S[:-1]]), S)
+        Y = jnp.where(keep, jnp.concatenate([y[None], Y[:-1]]), Y)
+    return Accumulators(m=b * acc.m + (1 - b) * gg, v=b * acc.v + (1 - b) * gg**2, S=S, Y=Y)
+
+
+def lbfgs_direction(g: jax.Array, S: jax.Array, Y: jax.Array) -> jax.Array:
+    r"""Two-loop recursion: :math:`q = H g` with :math:`H` the L-BFGS inverse-Hessian estimate
+    from the pairs in ``S``, ``Y`` (newest first; all-zero rows are empty slots) and
+    :math:`H_0 = \gamma I`, :math:`\gamma = s^\top y / y^\top y` of the newest pair.
+    Without any pair there is no scale-free curvature estimate and :math:`q = 0` (so the
+    features stay invariant to the scale of :math:`f`)."""
+    sy = jnp.sum(S * Y, axis=1)
+    valid = sy > 0
+    rho = jnp.where(valid, 1.0 / jnp.where(valid, sy, 1.0), 0.0)
+
+    def first(q, i):
+        alpha = rho[i] * jnp.vdot(S[i], q)
+        return q - alpha * Y[i], alpha
+
+    q, alphas = jax.lax.scan(first, g, jnp.arange(S.shape[0]))
+    yy = jnp.vdot(Y[0], Y[0])
+    gamma = jnp.where(valid[0], sy[0] / jnp.where(valid[0], yy, 1.0), 0.0)
+    r = gamma * q
+
+    def second(r, i):
+        beta = rho[i] * jnp.vdot(Y[i], r)
+        return r + S[i] * (alphas[i] - beta), None
+
+    r, _ = jax.lax.scan(second, r, jnp.arange(S.shape[0])[::-1])
+    return r
 
 
 def masked_mean(a: jax.Array, mask: jax.Array, axis: int = 0) -> jax.Array:
@@ -96,6 +141,7 @@ def coordinate_features(
     y: jax.Array,
     By: jax.Array,
     dx: jax.Array,
+    q: jax.Array,
     mask: jax.Array,
 ) -> jax.Array:
     """Per-coordinate features, shape ``(N, N_COORD_FEATURES)``, RMS-normalised per channel."""
@@ -120,6 +166,7 @@ def coordinate_features(
             y[:, None],
             By[:, None],
             dx[:, None],
+            q[:, None],
         ],
         axis=1,
     )
@@ -136,6 +183,7 @@ def global_features(
     s: jax.Array,
     y: jax.Array,
     dx: jax.Array,
+    q: jax.Array,
     mask: jax.Array,
 ) -> jax.Array:
     """Per-problem features, shape ``(N_GLOBAL_FEATURES,)``; invariant to ``f → c f``."""
@@ -160,6 +208,7 @@ def global_features(
             jnp.clip(jnp.log10(rms(s) + 1e-30), -30, 10) / 5,
             jnp.clip(jnp.log10(rms(dx) + 1e-30), -30, 10) / 5,
             jnp.clip(jnp.log10(bb + 1e-30), -30, 10) / 5,
+            jnp.clip(jnp.log10(rms(q) + 1e-30), -30, 10) / 5,
             has_prev,
         ]
     )

@@ -2,8 +2,9 @@ r"""Learned optimizers: a network plus meta-parameters turned into an :class:`Op
 
 One iteration, given :math:`f_t = f(x_t)` and :math:`g_t = \nabla f(x_t)`:
 
-1. update the accumulators and build features (:mod:`optimus.nets.features`), with the secant
-   pair :math:`s = x_t - x_{t-1}`, :math:`y = g_t - g_{t-1}` and :math:`B_t y`;
+1. update the accumulators and the secant memory and build features
+   (:mod:`optimus.nets.features`): the secant pair :math:`s = x_t - x_{t-1}`,
+   :math:`y = g_t - g_{t-1}`, :math:`B_t y` and the L-BFGS direction :math:`H_t g_t`;
 2. run the network: direction :math:`d`, log-magnitudes :math:`\mu`, global log step
    :math:`\sigma`, rank-one vector :math:`u`, damping :math:`\rho`;
 3. preconditioner (Optimus only): :math:`B_{t+1} = \rho B_t + (1-\rho) I + u u^\top`;
@@ -85,13 +86,14 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
     f0 = jnp.where(first, value, state.f0)
     f_prev = jnp.where(first, value, state.f_prev)
     g_prev = jnp.where(first, g, state.g_prev)
-    acc = F.update_accumulators(state.acc, g)
     s = x - state.x_prev
     y = g - g_prev
+    acc = F.update_accumulators(state.acc, g, s, y)
     By = y if state.B is None else state.B @ y
     dx = x - state.x0
-    feats = F.coordinate_features(g, acc, s, y, By, dx, mask)
-    glob = F.global_features(state.t, value, f_prev, f0, g, g_prev, s, y, dx, mask)
+    q = F.lbfgs_direction(g, acc.S, acc.Y)
+    feats = F.coordinate_features(g, acc, s, y, By, dx, q, mask)
+    glob = F.global_features(state.t, value, f_prev, f0, g, g_prev, s, y, dx, q, mask)
     out = net(feats, glob, mask)
     a = jnp.exp(jnp.clip(MAG_SCALE * out.mu + out.sigma, -30.0, 10.0))
     raw = (a * out.d).astype(dtype)

@@ -1,0 +1,134 @@
+r"""Evolution-strategies meta-gradient estimators over truncated unrolls.
+
+Both estimators work on a *truncated task* (see :class:`optimus.meta.tasks.TruncatedTask`):
+``task.init(theta, key, stagger)`` gives an inner state; ``task.unroll(theta, state, K,
+next_state)`` advances it ``K`` steps and returns per-step losses and, per step, whether it
+belongs to a problem that was *started inside* this truncation (``seg = 1``) or to the one
+active at its start (``seg = 0``). The meta-objective is the sum of the per-step losses over
+the inner horizon (the task divides by the horizon, so it is a mean).
+
+**Antithetic ES** (reference, full unrolls from scratch): with
+:math:`\epsilon_j \sim \mathcal N(0, \sigma^2 I)`,
+
+.. math:: \hat g = \frac{1}{P} \sum_j \frac{L(\theta + \epsilon_j) - L(\theta - \epsilon_j)}
+          {2 \sigma^2} \epsilon_j .
+
+**PES** (Vicol, Metz & Sohl-Dickstein, 2021): particles keep their inner state between outer
+steps, each pair :math:`j` draws a fresh :math:`\epsilon_j` per truncation and accumulates
+:math:`\xi_j \leftarrow \xi_j + \epsilon_j` since its problem started. With
+:math:`L^{\pm}_{j,0}` and :math:`L^{\pm}_{j,1}` the truncation's losses before and after a
+reset inside the truncation,
+
+.. math:: \hat g = \frac{1}{P} \sum_j \frac{(L^+_{j,0} - L^-_{j,0})\,\xi_j
+          + (L^+_{j,1} - L^-_{j,1})\,\epsilon_j}{2\sigma^2},
+
+after which :math:`\xi_j = \epsilon_j` for pairs that reset (the new problem has only seen
+this truncation's perturbation) and :math:`\xi_j` otherwise. Summed over the truncations of
+a horizon with :math:`\theta` fixed, this is an unbiased estimate of the gradient of the
+Gaussian-smoothed full-horizon meta-objective. Both particles of a pair share the problem and
+reset schedule. Non-finite losses are replaced by the task's penalty before differencing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+
+class PESState(eqx.Module):
+    """Persistent state of the PES particles (``P`` antithetic pairs)."""
+
+    pos: Any  # inner states of the + particles, batched over pairs
+    neg: Any  # inner states of the - particles
+    xi: jax.Array  # (P, D) accumulated perturbations since each pair's problem started
+
+
+def _perturbations(key: jax.Array, num_pairs: int, theta: jax.Array, sigma: float):
+    return sigma * jax.random.normal(key, (num_pairs,) + theta.shape, theta.dtype)
+
+
+def pes_init(task, theta: jax.Array, key: jax.Array, num_pairs: int) -> PESState:
+    """Fresh particles with staggered starts (random remaining horizon)."""
+    keys = jax.random.split(key, num_pairs)
+    states = jax.vmap(lambda k: task.init(theta, k, True))(keys)
+    xi = jnp.zeros((num_pairs,) + theta.shape, theta.dtype)
+    return PESState(pos=states, neg=states, xi=xi)
+
+
+def pes_estimate(
+    task,
+    theta: jax.Array,
+    state: PESState,
+    key: jax.Array,
+    *,
+    sigma: float,
+    truncation: int,
+) -> tuple[jax.Array, PESState, dict[str, jax.Array]]:
+    """One PES estimate of the meta-gradient at ``theta``; advances every particle by
+    ``truncation`` inner steps. Returns ``(grad, new_state, metrics)``."""
+    num_pairs = state.xi.shape[0]
+    k_eps, k_next = jax.random.split(key)
+    eps = _perturbations(k_eps, num_pairs, theta, sigma)
+    # a fresh problem per pair, used if the pair's current problem ends inside this truncation
+    nxt = jax.vmap(lambda k: task.init(theta, k, False))(jax.random.split(k_next, num_pairs))
+
+    def run(th, s, n):
+        return task.unroll(th, s, truncation, n)
+
+    pos, loss_p, seg = jax.vmap(run)(theta + eps, state.pos, nxt)
+    neg, loss_n, _ = jax.vmap(run)(theta - eps, state.neg, nxt)
+    l0p, l1p = _split(loss_p, seg)
+    l0n, l1n = _split(loss_n, seg)
+    xi = state.xi + eps
+    g = ((l0p - l0n)[:, None] * xi + (l1p - l1n)[:, None] * eps) / (2 * sigma**2)
+    reset = jnp.any(seg, axis=1)
+    new_xi = jnp.where(reset[:, None], eps, xi)
+    metrics = {
+        "loss": 0.5 * jnp.mean(jnp.sum(loss_p + loss_n, axis=1)),
+        "resets": jnp.sum(reset),
+    }
+    return jnp.mean(g, axis=0), PESState(pos=pos, neg=neg, xi=new_xi), metrics
+
+
+def _split(losses: jax.Array, seg: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.sum(jnp.where(seg, 0, losses), axis=1), jnp.sum(jnp.where(seg, losses, 0), axis=1)
+
+
+def es_estimate(
+    task,
+    theta: jax.Array,
+    key: jax.Array,
+    *,
+    sigma: float,
+    num_pairs: int,
+    horizon: int,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Antithetic ES over full, un-truncated unrolls of ``horizon`` steps from fresh problems."""
+    k_eps, k_task = jax.random.split(key)
+    eps = _perturbations(k_eps, num_pairs, theta, sigma)
+    starts = jax.vmap(lambda k: task.init(theta, k, False))(jax.random.split(k_task, num_pairs))
+
+    def total(th, s):
+        _, losses, _ = task.unroll(th, s, horizon, s)
+        return jnp.sum(losses)
+
+    lp = jax.vmap(total)(theta + eps, starts)
+    ln = jax.vmap(total)(theta - eps, starts)
+    g = jnp.mean((lp - ln)[:, None] * eps, axis=0) / (2 * sigma**2)
+    return g, {"loss": 0.5 * jnp.mean(lp + ln)}
+
+
+def full_loss(task, theta: jax.Array, key: jax.Array, *, num_tasks: int, horizon: int):
+    """Mean full-horizon meta-loss at ``theta`` over ``num_tasks`` fresh problems."""
+    starts = jax.vmap(lambda k: task.init(theta, k, False))(jax.random.split(key, num_tasks))
+
+    def total(s):
+        _, losses, _ = task.unroll(theta, s, horizon, s)
+        return jnp.sum(losses)
+
+    return jnp.mean(jax.vmap(total)(starts))
+
+

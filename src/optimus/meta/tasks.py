@@ -1,0 +1,154 @@
+r"""Task distributions and truncated unrolls of a learned optimizer on them.
+
+A :class:`TruncatedTask` couples a distribution of problems (from :mod:`optimus.functions`)
+with a learned-optimizer network whose meta-parameters are a flat vector ``theta``. Problems
+live in box-normalised coordinates :math:`z \in [-1, 1]^n` (the coordinates in which
+:func:`optimus.minimize` runs learned methods when given ``bounds``), padded to ``n_max``
+coordinates with a mask, so one compiled unroll serves every dimension.
+
+Per-step meta-loss (scale free, so functions of very different magnitudes weigh alike):
+
+.. math:: \ell_t = \frac{1}{T}\,\mathrm{clip}\Big(\log_{10}
+          \frac{f(z_t) - f^\star + \epsilon f_0}{f_0 + \epsilon f_0}, \ell_{\min}, \ell_{\max}\Big)
+
+with :math:`f_0 = f(z_0) - f^\star`, :math:`\epsilon = 10^{-12}`, :math:`T` the inner horizon,
+and non-finite values replaced by the penalty :math:`\ell_{\max}`. Summed over a horizon it is
+the mean log-improvement over the unroll.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from optimus import functions as fn
+from optimus.optimizers.learned import LearnedState, learned_init, learned_update
+
+LOSS_MIN = -12.0
+LOSS_MAX = 2.0
+REL_EPS = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """The meta-training task distribution."""
+
+    functions: tuple[str, ...] = (
+        "sphere",
+        "quadratic",
+        "rastrigin",
+        "levy",
+        "ackley",
+        "rosenbrock",
+        "griewank",
+        "dixon_price",
+        "powell",
+        "perm",
+    )
+    n_min: int = 2
+    n_max: int = 32
+    horizon: int = 100
+    variants: tuple[str, ...] = ("transformed",)
+    log_scale_range: tuple[float, float] = (-3.0, 3.0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "functions", tuple(self.functions))
+        object.__setattr__(self, "variants", tuple(self.variants))
+        object.__setattr__(self, "log_scale_range", tuple(self.log_scale_range))
+        for name in self.functions:
+            fn.get(name)  # raises a clear ValueError for unknown names
+        if not 1 <= self.n_min <= self.n_max:
+            raise ValueError(f"need 1 <= n_min <= n_max, got {self.n_min}, {self.n_max}")
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+
+
+class InnerState(eqx.Module):
+    """One particle: a problem, the optimizer's state on it, and the steps left."""
+
+    problem: fn.Problem
+    opt: LearnedState
+    remaining: jax.Array  # inner steps left on this problem
+    f0: jax.Array
+
+
+class TruncatedTask(eqx.Module):
+    """A learned optimizer (network skeleton + ``unravel``) on a task distribution."""
+
+    static: eqx.Module = eqx.field(static=True)  # non-array part of the network
+    unravel: object = eqx.field(static=True)  # flat theta -> array part of the network
+    config: TaskConfig = eqx.field(static=True)
+
+    def net(self, theta: jax.Array):
+        return eqx.combine(self.unravel(theta), self.static)
+
+    def sample_problem(self, key: jax.Array) -> fn.Problem:
+        c = self.config
+        return fn.sample_problem(
+            key,
+            names=c.functions,
+            n_min=c.n_min,
+            n_max=c.n_max,
+            pad_to=c.n_max,
+            variants=c.variants,
+            log_scale_range=c.log_scale_range,
+        )
+
+    def init(self, theta: jax.Array, key: jax.Array, stagger: bool) -> InnerState:
+        """A fresh problem and optimizer state; with ``stagger`` the first problem gets a
+        random number of remaining steps, so that particles do not reset in lockstep."""
+        kp, kx, kr = jax.random.split(key, 3)
+        problem = self.sample_problem(kp)
+        mask = problem.mask
+        z0 = jax.random.uniform(kx, mask.shape, minval=-1.0, maxval=1.0)
+        z0 = jnp.where(mask, z0, 0.0)
+        T = self.config.horizon
+        remaining = jax.random.randint(kr, (), 1, T + 1) if stagger else jnp.asarray(T)
+        return InnerState(
+            problem=problem,
+            opt=learned_init(self.net(theta), z0, mask),
+            remaining=remaining.astype(jnp.int32),
+            f0=jnp.zeros((), z0.dtype),
+        )
+
+    def step_loss(self, f: jax.Array, f0: jax.Array) -> jax.Array:
+        rel = (f + REL_EPS * f0) / (f0 + REL_EPS * f0 + jnp.finfo(f.dtype).tiny)
+        loss = jnp.log10(jnp.maximum(rel, jnp.finfo(f.dtype).tiny))
+        loss = jnp.where(jnp.isfinite(loss), jnp.clip(loss, LOSS_MIN, LOSS_MAX), LOSS_MAX)
+        return loss / self.config.horizon
+
+    def unroll(self, theta: jax.Array, state: InnerState, num_steps: int, next_state: InnerState):
+        """Advance ``num_steps`` inner steps. When the problem's horizon ends, the particle
+        continues on ``next_state`` (at most one reset per call: ``num_steps <= horizon``).
+        Returns ``(state, losses (K,), seg (K,) bool)``."""
+        net = self.net(theta)
+
+        def body(carry, _):
+            s, seg = carry
+            objective = s.problem.unit_objective
+            f, g = jax.value_and_grad(objective)(s.opt.x)
+            f0 = jnp.where(s.opt.t == 0, f, s.f0)
+            loss = self.step_loss(f, f0)
+            g = jnp.where(jnp.isfinite(g), g, 0.0)
+            opt = learned_update(net, s.opt, jnp.where(jnp.isfinite(f), f, f0), g)
+            s = InnerState(problem=s.problem, opt=opt, remaining=s.remaining - 1, f0=f0)
+            done = s.remaining <= 0
+            s = jax.tree.map(lambda a, b: jnp.where(done, b, a), s, next_state)
+            return (s, seg | done), (loss, seg)
+
+        (state, _), (losses, seg) = jax.lax.scan(
+            body, (state, jnp.asarray(False)), None, length=num_steps
+        )
+        return state, losses, seg
+
+
+def make_task(net, config: TaskConfig) -> tuple[TruncatedTask, jax.Array]:
+    """Split ``net`` into a flat meta-parameter vector ``theta`` and a :class:`TruncatedTask`."""
+    from jax.flatten_util import ravel_pytree
+
+    params, static = eqx.partition(net, eqx.is_array)
+    theta, unravel = ravel_pytree(params)
+    return TruncatedTask(static=static, unravel=unravel, config=config), theta

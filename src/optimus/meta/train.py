@@ -1,0 +1,492 @@
+"""The outer loop of meta-training: typed config, PES/ES estimates, Adam, logging,
+checkpoints and exact resume.
+
+Layers (as in learned_optimization): the learned optimizer (:mod:`optimus.nets`,
+:mod:`optimus.optimizers.learned`) / the task family and truncated unroll
+(:mod:`optimus.meta.tasks`) / the gradient estimator (:mod:`optimus.meta.pes`) / the outer
+learner (this module).
+
+Determinism: the key of outer step ``k`` is ``fold_in(key(seed), k)``, and a checkpoint holds
+everything else the next step depends on (meta-parameters, outer optimizer state, every PES
+particle's problem, optimizer state and perturbation accumulator, counters), so a run resumed
+from a checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimus.meta import checkpoint as ckpt
+from optimus.meta.pes import PESState, es_estimate, full_loss, pes_estimate, pes_init
+from optimus.meta.tasks import TaskConfig, TruncatedTask, make_task
+from optimus.nets import NetConfig, build_net
+from optimus.serialization import save_params
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorConfig:
+    kind: str = "pes"  # "pes" (truncated, persistent) or "es" (full unrolls)
+    num_pairs: int = 64
+    truncation: int = 20
+    sigma: float = 0.01
+
+    def __post_init__(self):
+        if self.kind not in ("pes", "es"):
+            raise ValueError(f"estimator.kind must be 'pes' or 'es', got {self.kind!r}")
+        if self.num_pairs < 1 or self.truncation < 1 or not self.sigma > 0:
+            raise ValueError("estimator: num_pairs, truncation >= 1 and sigma > 0 required")
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterConfig:
+    steps: int = 2000
+    learning_rate: float = 3e-4
+    final_lr_fraction: float = 0.1  # cosine decay to this fraction of the learning rate
+    warmup_steps: int = 50
+    clip_norm: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or not self.learning_rate > 0 or not self.clip_norm > 0:
+            raise ValueError("outer: steps >= 1, learning_rate > 0 and clip_norm > 0 required")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    eval_tasks: int = 64
+    eval_seed: int = 12345
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+
+    def __post_init__(self):
+        if self.checkpoint_every < 1 or self.eval_every < 1 or self.eval_tasks < 1:
+            raise ValueError("run: checkpoint_every, eval_every and eval_tasks must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    name: str = "optimus"
+    model: NetConfig = dataclasses.field(default_factory=NetConfig)
+    tasks: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    estimator: EstimatorConfig = dataclasses.field(default_factory=EstimatorConfig)
+    outer: OuterConfig = dataclasses.field(default_factory=OuterConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        if self.estimator.kind == "pes" and self.estimator.truncation > self.tasks.horizon:
+            raise ValueError(
+                f"estimator.truncation ({self.estimator.truncation}) must not exceed "
+                f"tasks.horizon ({self.tasks.horizon})"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {
+    "model": NetConfig,
+    "tasks": TaskConfig,
+    "estimator": EstimatorConfig,
+    "outer": OuterConfig,
+    "run": RunConfig,
+}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(typ)
+        inner = args[0]
+        return tuple(_coerce(v, inner, where) for v in value)
+    if typ is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return int(f)
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected a number, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported config type {typ}")
+
+
+def _build_section(cls, values: dict, section: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"unknown key(s) in [{section}]: {unknown}; valid keys: {sorted(fields)}")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    data = dict(data)
+    unknown = sorted(set(data) - set(_SECTIONS) - {"name"})
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; valid: {sorted(_SECTIONS)}")
+    kwargs: dict[str, Any] = {}
+    if "name" in data:
+        kwargs["name"] = _coerce(data["name"], str, "name")
+    for section, cls in _SECTIONS.items():
+        values = data.get(section, {})
+        if not isinstance(values, dict):
+            raise ValueError(f"[{section}] must be a table")
+        kwargs[section] = _build_section(cls, values, section)
+    return TrainConfig(**kwargs)
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a TOML config and apply ``section.key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        lhs, value = item.split("=", 1)
+        parts = lhs.strip().split(".")
+        if len(parts) == 1 and parts[0] == "name":
+            data["name"] = value
+            continue
+        if len(parts) != 2:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        section, key = parts
+        if section not in _SECTIONS:
+            raise ValueError(f"--set: unknown section {section!r}; valid: {sorted(_SECTIONS)}")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        data.setdefault(section, {})[key] = parsed
+    return config_from_dict(data)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_schedule(cfg: OuterConfig) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=cfg.learning_rate,
+        warmup_steps=min(cfg.warmup_steps, max(cfg.steps - 1, 0)),
+        decay_steps=max(cfg.steps, 1),
+        end_value=cfg.learning_rate * cfg.final_lr_fraction,
+    )
+
+
+class TrainState(eqx.Module):
+    theta: jax.Array
+    opt_state: Any
+    pes: PESState | None
+    step: jax.Array
+    n_skipped: jax.Array
+    best_val: jax.Array
+    best_theta: jax.Array
+
+
+def make_outer_optimizer(cfg: OuterConfig) -> optax.GradientTransformation:
+    """Adam on the clipped meta-gradient, with warm-up and cosine learning-rate decay."""
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(lr_schedule(cfg)))
+
+
+class Trainer:
+    """Builds the task, estimator and outer optimizer for a :class:`TrainConfig`."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        root = jax.random.key(config.outer.seed)
+        self.root_key = root
+        net = build_net(config.model, jax.random.fold_in(root, 1_000_003))
+        self.task, theta0 = make_task(net, config.tasks)
+        self.theta0 = theta0
+        self.tx = make_outer_optimizer(config.outer)
+        est = config.estimator
+        task: TruncatedTask = self.task
+
+        def outer_step(state: TrainState) -> tuple[TrainState, dict]:
+            key = jax.random.fold_in(root, state.step)
+            if est.kind == "pes":
+                g, pes, metrics = pes_estimate(
+                    task, state.theta, state.pes, key, sigma=est.sigma, truncation=est.truncation
+                )
+            else:
+                g, metrics = es_estimate(
+                    task,
+                    state.theta,
+                    key,
+                    sigma=est.sigma,
+                    num_pairs=est.num_pairs,
+                    horizon=config.tasks.horizon,
+                )
+                pes = state.pes
+            finite = jnp.all(jnp.isfinite(g))
+            g = jnp.where(finite, g, 0.0)
+            updates, opt_state = self.tx.update(g, state.opt_state, state.theta)
+            keep = lambda new, old: jax.tree.map(  # noqa: E731
+                lambda a, b: jnp.where(finite, a, b), new, old
+            )
+            new = TrainState(
+                theta=keep(state.theta + updates, state.theta),
+                opt_state=keep(opt_state, state.opt_state),
+                pes=pes,
+                step=state.step + 1,
+                n_skipped=state.n_skipped + (~finite).astype(jnp.int32),
+                best_val=state.best_val,
+                best_theta=state.best_theta,
+            )
+            metrics = dict(metrics, grad_norm=optax.global_norm(g), skipped=~finite)
+            return new, metrics
+
+        self.outer_step = jax.jit(outer_step)
+        val_key = jax.random.key(config.run.eval_seed)
+        self.validate = jax.jit(
+            lambda theta: full_loss(
+                task,
+                theta,
+                val_key,
+                num_tasks=config.run.eval_tasks,
+                horizon=config.tasks.horizon,
+            )
+        )
+
+    def init_state(self) -> TrainState:
+        cfg = self.config
+        pes = None
+        if cfg.estimator.kind == "pes":
+            pes = pes_init(
+                self.task,
+                self.theta0,
+                jax.random.fold_in(self.root_key, 2_000_003),
+                cfg.estimator.num_pairs,
+            )
+        return TrainState(
+            theta=self.theta0,
+            opt_state=self.tx.init(self.theta0),
+            pes=pes,
+            step=jnp.zeros((), jnp.int32),
+            n_skipped=jnp.zeros((), jnp.int32),
+            best_val=jnp.asarray(jnp.inf, self.theta0.dtype),
+            best_theta=self.theta0,
+        )
+
+    def net(self, theta: jax.Array):
+        return self.task.net(theta)
+
+    def inner_steps_per_outer(self) -> int:
+        est = self.config.estimator
+        k = est.truncation if est.kind == "pes" else self.config.tasks.horizon
+        return 2 * est.num_pairs * k
+
+
+LOG_FIELDS = ["step", "loss", "grad_norm", "skipped", "val_loss", "lr", "wall_s", "inner_steps_s"]
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep only log rows up to ``step`` (rows after the checkpoint are redone on resume)."""
+    if not path.exists():
+        return
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        for r in rows:
+            if int(r["step"]) <= step:
+                w.writerow(r)
+
+
+def train(
+    config: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Path:
+    """Run (or resume) meta-training; returns the path of the exported best parameters.
+
+    ``out`` receives ``config.json``, ``log.csv`` (one row per outer step),
+    ``checkpoints/`` and, at the end, ``NAME.npz``/``NAME.json`` (the meta-parameters with the
+    best validation loss) and ``NAME-last.npz``. ``stop_after`` stops after that many outer
+    steps of this invocation (used by tests and time-boxed sessions).
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    ckdir = out / "checkpoints"
+    cfg_json = json.dumps(config.to_dict(), indent=2, sort_keys=True)
+    if not resume and ckdir.exists() and ckpt.latest_checkpoint(ckdir) is not None:
+        raise ValueError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"output folder {out} is not writable: {e}") from None
+
+    trainer = Trainer(config)
+    state = trainer.init_state()
+    wall_before = 0.0
+    log_path = out / "log.csv"
+    if resume:
+        last = ckpt.latest_checkpoint(ckdir) if ckdir.exists() else None
+        if last is None:
+            raise ValueError(f"--resume: no checkpoint found in {ckdir}")
+        info = json.loads((last / "meta.json").read_text())
+        if info.get("config") != json.loads(cfg_json):
+            raise ckpt.CheckpointError(
+                f"checkpoint {last} was written with a different configuration; resume with "
+                f"the run's own config ({out / 'config.json'})"
+            )
+        state, info = ckpt.load_checkpoint(last, state)
+        wall_before = float(info.get("wall_s", 0.0))
+        _truncate_log(log_path, int(state.step))
+    else:
+        (out / "config.json").write_text(cfg_json)
+        with log_path.open("w", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=LOG_FIELDS).writeheader()
+
+    total = config.outer.steps
+    start_step = int(state.step)
+    t_start = time.time()
+    lr_fn = lr_schedule(config.outer)
+    per_step = trainer.inner_steps_per_outer()
+
+    def save(st):
+        ckpt.save_checkpoint(
+            ckdir,
+            int(st.step),
+            st,
+            config=json.loads(cfg_json),
+            wall_s=wall_before + time.time() - t_start,
+        )
+
+    bar = tqdm(
+        total=total, initial=start_step, disable=not progress, desc=config.name, unit="step"
+    )
+    done_here = 0
+    with log_path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        while int(state.step) < total:
+            t0 = time.time()
+            state, metrics = trainer.outer_step(state)
+            step = int(state.step)
+            val = float("nan")
+            if step % config.run.eval_every == 0 or step == total:
+                v = trainer.validate(state.theta)
+                val = float(v)
+                if math.isfinite(val) and val < float(state.best_val):
+                    state = eqx.tree_at(
+                        lambda s: (s.best_val, s.best_theta), state, (v, state.theta)
+                    )
+            dt = time.time() - t0
+            row = {
+                "step": step,
+                "loss": f"{float(metrics['loss']):.6g}",
+                "grad_norm": f"{float(metrics['grad_norm']):.6g}",
+                "skipped": int(metrics["skipped"]),
+                "val_loss": "" if math.isnan(val) else f"{val:.6g}",
+                "lr": f"{float(lr_fn(step - 1)):.3g}",
+                "wall_s": f"{wall_before + time.time() - t_start:.2f}",
+                "inner_steps_s": f"{per_step / max(dt, 1e-9):.0f}",
+            }
+            writer.writerow(row)
+            fh.flush()
+            bar.update(1)
+            bar.set_postfix(loss=row["loss"], val=row["val_loss"] or "-",
+                            steps_s=row["inner_steps_s"])
+            done_here += 1
+            out_of_time = (
+                config.run.max_minutes > 0
+                and (time.time() - t_start) / 60 >= config.run.max_minutes
+            )
+            stop = out_of_time or (stop_after is not None and done_here >= stop_after)
+            if step % config.run.checkpoint_every == 0 or step == total or stop:
+                save(state)
+            if stop:
+                break
+    bar.close()
+    return export(trainer, state, out, wall_before + time.time() - t_start)
+
+
+def export(trainer: Trainer, state: TrainState, out: Path, wall_s: float) -> Path:
+    """Write the best-validation and the last meta-parameters with a model card."""
+    cfg = trainer.config
+    best = state.best_theta if bool(jnp.isfinite(state.best_val)) else state.theta
+    card = {
+        "name": cfg.name,
+        "train_config": cfg.to_dict(),
+        "task_distribution": dataclasses.asdict(cfg.tasks),
+        "estimator": dataclasses.asdict(cfg.estimator),
+        "outer_steps": int(state.step),
+        "inner_steps": int(state.step) * trainer.inner_steps_per_outer(),
+        "skipped_steps": int(state.n_skipped),
+        "best_val_loss": float(state.best_val),
+        "wall_time_s": round(wall_s, 1),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, {platform.system()}, "
+        f"jax {jax.__version__} ({jax.default_backend()})",
+        "commit": _git_commit(),
+    }
+    path = save_params(out / f"{cfg.name}.npz", trainer.net(best), **card)
+    save_params(out / f"{cfg.name}-last.npz", trainer.net(state.theta), **dict(card, last=True))
+    return path

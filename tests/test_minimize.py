@@ -31,17 +31,35 @@ def _kw(method):
 
 def test_methods_listed():
     assert set(optimus.methods()) == {
-        "optimus", "optimus-noprecond", "mlp", "bfgs", "lbfgs", "adam", "sgd", "sgdm"
+        "optimus",
+        "optimus-noprecond",
+        "mlp",
+        "bfgs",
+        "lbfgs",
+        "adam",
+        "sgd",
+        "sgdm",
     }
 
 
-@pytest.mark.parametrize("method", ["bfgs", "lbfgs", "adam", "sgd", "sgdm", "optimus",
-                                    "optimus-noprecond", "mlp"])
+@pytest.mark.parametrize(
+    "method", ["bfgs", "lbfgs", "adam", "sgd", "sgdm", "optimus", "optimus-noprecond", "mlp"]
+)
 def test_result_fields_and_descent(method):
     x0 = jnp.zeros(10)
     res = optimus.minimize(sphere, x0, method=method, steps=30, **_kw(method))
-    for field in ("x", "fun", "jac", "nit", "nfev", "njev", "success", "status", "message",
-                  "history"):
+    for field in (
+        "x",
+        "fun",
+        "jac",
+        "nit",
+        "nfev",
+        "njev",
+        "success",
+        "status",
+        "message",
+        "history",
+    ):
         assert field in res
     assert res.success
     assert res.fun < 0.5 * float(sphere(x0))
@@ -78,8 +96,9 @@ def test_numpy_objective_with_jac_matches_jax_path():
         return 2 * (x - 1.0)
 
     r1 = optimus.minimize(f_np, np.zeros(6, np.float32), jac=g_np, method="lbfgs", steps=20)
-    r2 = optimus.minimize(lambda x: (f_np(x), g_np(x)), np.zeros(6, np.float32), jac=True,
-                          method="lbfgs", steps=20)
+    r2 = optimus.minimize(
+        lambda x: (f_np(x), g_np(x)), np.zeros(6, np.float32), jac=True, method="lbfgs", steps=20
+    )
     r3 = optimus.minimize(sphere, jnp.zeros(6), method="lbfgs", steps=20)
     for r in (r1, r2):
         assert r.success and r.nit == r3.nit
@@ -104,9 +123,15 @@ def test_bounds_keep_evaluations_inside_and_find_boundary_minimum():
         seen.append(np.asarray(x).copy())
         return float(np.sum((x - 3.0) ** 2))
 
-    res = optimus.minimize(f, np.zeros(3, np.float32), jac=lambda x: 2 * (x - 3.0),
-                           bounds=(-1.0, 2.0), method="adam", steps=200,
-                           options={"learning_rate": 0.05})
+    res = optimus.minimize(
+        f,
+        np.zeros(3, np.float32),
+        jac=lambda x: 2 * (x - 3.0),
+        bounds=(-1.0, 2.0),
+        method="adam",
+        steps=200,
+        options={"learning_rate": 0.05},
+    )
     assert np.all(np.stack(seen) >= -1.0 - 1e-6) and np.all(np.stack(seen) <= 2.0 + 1e-6)
     np.testing.assert_allclose(res.x, 2.0, atol=1e-3)
     res = optimus.minimize(sphere, jnp.zeros(2), bounds=[(-5, 5), (-5, 0.5)], method="lbfgs")
@@ -190,8 +215,9 @@ def test_bad_input(kwargs, exc, match):
 
 def test_numpy_objective_bad_gradient_shape():
     with pytest.raises(ValueError, match="gradient has shape"):
-        optimus.minimize(lambda x: float(x @ x), np.ones(3, np.float32), jac=lambda x: x[:2],
-                         method="adam")
+        optimus.minimize(
+            lambda x: float(x @ x), np.ones(3, np.float32), jac=lambda x: x[:2], method="adam"
+        )
 
 
 def test_callback_stops_and_sees_progress():
@@ -211,7 +237,48 @@ def test_matches_scipy_bfgs_on_rosenbrock():
         x0 = np.array([-1.2, 1.0, -1.2, 1.0])
         rosen = lambda x: jnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)  # noqa: E731
         ours = optimus.minimize(rosen, jnp.asarray(x0), method="bfgs", steps=500)
-        ref = scipy.optimize.minimize(scipy.optimize.rosen, x0, jac=scipy.optimize.rosen_der,
-                                      method="BFGS")
+        ref = scipy.optimize.minimize(
+            scipy.optimize.rosen, x0, jac=scipy.optimize.rosen_der, method="BFGS"
+        )
         np.testing.assert_allclose(ours.x, ref.x, atol=1e-4)
         assert ours.success and ours.nit <= 2 * ref.nit + 5
+
+
+def test_module_objectives_and_learning_rates_share_one_compilation():
+    import equinox as eqx
+
+    traces = []
+
+    class Shifted(eqx.Module):
+        c: jax.Array
+
+        def __call__(self, x):
+            traces.append(1)
+            return jnp.sum((x - self.c) ** 2)
+
+    for i, lr in enumerate([0.1, 0.03, 0.3]):
+        res = optimus.minimize(
+            Shifted(jnp.full(3, float(i))),
+            jnp.zeros(3),
+            method="adam",
+            steps=200,
+            options={"learning_rate": lr},
+        )
+        np.testing.assert_allclose(res.x, float(i), atol=0.05)
+    # one cheap eval_shape check per call + a single trace of the jitted solve for all three
+    assert len(traces) == 3 + 1
+
+
+def test_last_fun_is_the_last_evaluation():
+    res = optimus.minimize(
+        sphere, jnp.zeros(4), method="sgd", steps=5, gtol=0.0, options={"learning_rate": 0.1}
+    )
+    assert res.last_fun == pytest.approx(res.fun)  # monotone on a sphere with a small step
+
+
+def test_eval_history_counts_every_evaluation():
+    rosen = lambda x: jnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)  # noqa: E731
+    res = optimus.minimize(rosen, jnp.zeros(3), method="bfgs", steps=10)
+    assert len(res.eval_history) == res.nfev > res.nit
+    assert res.eval_history[-1] == pytest.approx(res.fun)
+    assert np.all(np.diff(res.eval_history) <= 0)

@@ -13,8 +13,9 @@ from optimus.optimizers.learned import learned_init, learned_update
 
 CONFIGS = {
     "optimus": NetConfig(kind="optimus", width=16, depth=2, num_heads=2),
-    "optimus-noprecond": NetConfig(kind="optimus", width=16, depth=2, num_heads=2,
-                                   precondition=False),
+    "optimus-noprecond": NetConfig(
+        kind="optimus", width=16, depth=2, num_heads=2, precondition=False
+    ),
     "mlp": NetConfig(kind="mlp", hidden=16),
 }
 
@@ -104,8 +105,10 @@ def test_B_stays_symmetric_positive_definite(dtype):
         B = jnp.eye(n, dtype=dtype)
         for i in range(3000):
             k1, k2, key = jax.random.split(key, 3)
-            u = (jax.random.normal(k1, (n,)) * 10.0 ** jax.random.uniform(k2, (), minval=-3,
-                                                                           maxval=1)).astype(dtype)
+            u = (
+                jax.random.normal(k1, (n,))
+                * 10.0 ** jax.random.uniform(k2, (), minval=-3, maxval=1)
+            ).astype(dtype)
             rho = jnp.asarray([0.0, 0.5, 0.9, 0.999, 1.0][i % 5], dtype)
             B = precondition_update(B, u, rho)
         assert B.dtype == dtype

@@ -58,8 +58,11 @@ class OptimizeResult(_ScipyResult):
     ``x``), ``nit`` (completed iterations), ``nfev``/``njev`` (objective / gradient
     evaluations; equal, as value and gradient are computed together), ``success``, ``status``
     (a :class:`Status` value), ``message``, ``history`` (best objective after each iteration,
-    ``history[0] = f(x0)``, length ``nit + 1``), ``method``, and for preconditioned methods
-    ``hess_inv`` (the inverse-Hessian estimate or learned preconditioner ``B``).
+    ``history[0] = f(x0)``, length ``nit + 1``), ``eval_history`` (best objective after each
+    evaluation, length ``nfev``: the axis for comparisons at equal evaluations), ``last_fun``
+    (objective at the last evaluated point), ``n_fallback`` (learned methods: steps replaced
+    by the safeguard), ``method``, and for preconditioned methods ``hess_inv`` (the
+    inverse-Hessian estimate or learned preconditioner ``B``).
     """
 
 

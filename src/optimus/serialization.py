@@ -74,14 +74,14 @@ def npz_bytes_to_tree(data: bytes, like: Any, *, what: str = "file") -> Any:
     missing = sorted(set(names) - set(arrays))
     extra = sorted(set(arrays) - set(names))
     if missing or extra:
-        raise ValueError(f"{what} does not match the expected structure: missing {missing}, "
-                         f"unexpected {extra}")
+        raise ValueError(
+            f"{what} does not match the expected structure: missing {missing}, unexpected {extra}"
+        )
     leaves = []
     for name, ref in zip(names, jax.tree_util.tree_leaves(like), strict=True):
         arr = arrays[name]
         if arr.shape != np.shape(ref):
-            raise ValueError(f"{what}: leaf {name} has shape {arr.shape}, expected "
-                             f"{np.shape(ref)}")
+            raise ValueError(f"{what}: leaf {name} has shape {arr.shape}, expected {np.shape(ref)}")
         leaves.append(jnp.asarray(arr, dtype=jnp.asarray(ref).dtype))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
 
@@ -111,10 +111,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"metadata file {jpath} is not valid JSON ({e})") from e
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{jpath} is not an optimus parameter file (format={meta.get('format')!r})")
+        raise ValueError(
+            f"{jpath} is not an optimus parameter file (format={meta.get('format')!r})"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{jpath} has format version {meta.get('format_version')}; this "
-                         f"optimus reads version {FORMAT_VERSION}")
+        raise ValueError(
+            f"{jpath} has format version {meta.get('format_version')}; this "
+            f"optimus reads version {FORMAT_VERSION}"
+        )
     return meta
 
 
@@ -122,8 +126,10 @@ def load_params_bytes(data: bytes, meta: dict, *, what: str = "parameters"):
     """Rebuild a network from npz bytes and metadata, verifying the sha256."""
     digest = sha256_bytes(data)
     if meta.get("sha256") != digest:
-        raise ValueError(f"{what}: sha256 mismatch (file {digest[:12]}…, metadata "
-                         f"{str(meta.get('sha256'))[:12]}…): the file is corrupt or was modified")
+        raise ValueError(
+            f"{what}: sha256 mismatch (file {digest[:12]}…, metadata "
+            f"{str(meta.get('sha256'))[:12]}…): the file is corrupt or was modified"
+        )
     try:
         config = NetConfig(**meta["config"])
     except (TypeError, KeyError) as e:

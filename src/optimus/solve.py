@@ -39,11 +39,13 @@ class Carry(eqx.Module):
     best_x: jax.Array
     best_f: jax.Array
     best_g: jax.Array
+    last_f: jax.Array
     hist: jax.Array
+    eval_hist: jax.Array
     status: jax.Array
 
 
-def _init_carry(opt: Optimizer, z0: jax.Array, steps: int, key) -> Carry:
+def _init_carry(opt: Optimizer, z0: jax.Array, steps: int, key, max_evals) -> Carry:
     dtype = z0.dtype
     return Carry(
         state=opt.init(z0, key),
@@ -51,7 +53,9 @@ def _init_carry(opt: Optimizer, z0: jax.Array, steps: int, key) -> Carry:
         best_x=z0,
         best_f=jnp.asarray(jnp.inf, dtype),
         best_g=jnp.zeros_like(z0),
+        last_f=jnp.asarray(jnp.nan, dtype),
         hist=jnp.full((steps + 1,), jnp.nan, dtype),
+        eval_hist=jnp.full((max_evals,), jnp.nan, dtype),
         status=jnp.asarray(RUNNING, jnp.int32),
     )
 
@@ -70,6 +74,7 @@ def _step(opt: Optimizer, carry: Carry, f, g, steps: int, max_evals, gtol) -> Ca
     best_f = jnp.where(better, f, carry.best_f)
     best_g = jnp.where(better, g, carry.best_g)
     hist = jnp.where(first, carry.hist.at[0].set(f), carry.hist)
+    eval_hist = carry.eval_hist.at[carry.nfev].set(best_f, mode="drop")
     converged = finite & (jnp.max(jnp.abs(g), initial=0.0) <= gtol) & (f <= best_f)
 
     if opt.uses_line_search:
@@ -102,7 +107,7 @@ def _step(opt: Optimizer, carry: Carry, f, g, steps: int, max_evals, gtol) -> Ca
         ],
         RUNNING,
     ).astype(jnp.int32)
-    return Carry(new_state, nfev, best_x, best_f, best_g, hist, status)
+    return Carry(new_state, nfev, best_x, best_f, best_g, f, hist, eval_hist, status)
 
 
 class _Box(eqx.Module):
@@ -126,12 +131,26 @@ class _Box(eqx.Module):
         return jnp.where(inside, gx * h, 0)
 
 
-def _build(method, options, params):
-    return get_optimizer(method, params=params, **dict(options))
+def _build(method, options, params, dyn_options=None):
+    return get_optimizer(method, params=params, **dict(options), **(dyn_options or {}))
 
 
-def _solve_jax_impl(fun, method, options, steps, params, x0_tree, box, max_evals, gtol, key):
-    opt = _build(method, options, params)
+def _solve_jax_impl(
+    fun_static,
+    method,
+    options,
+    steps,
+    max_evals,
+    fun_dyn,
+    dyn_options,
+    params,
+    x0_tree,
+    box,
+    gtol,
+    key,
+):
+    fun = eqx.combine(fun_dyn, fun_static)
+    opt = _build(method, options, params, dyn_options)
     x0, unravel = ravel_pytree(x0_tree)
     to_x = (lambda z: z) if box is None else box.to_x
     z0 = x0 if box is None else box.to_z(x0)
@@ -146,24 +165,27 @@ def _solve_jax_impl(fun, method, options, steps, params, x0_tree, box, max_evals
         return _step(opt, carry, f, g, steps, max_evals, gtol)
 
     carry = jax.lax.while_loop(
-        lambda c: c.status == RUNNING, body, _init_carry(opt, z0, steps, key)
+        lambda c: c.status == RUNNING, body, _init_carry(opt, z0, steps, key, max_evals)
     )
     hess_inv = None if opt.hess_inv is None else opt.hess_inv(carry.state)
     n_fallback = getattr(carry.state, "n_fallback", jnp.zeros((), jnp.int32))
     return carry, to_x(carry.best_x), hess_inv, n_fallback
 
 
-_solve_jax = jax.jit(_solve_jax_impl, static_argnames=("fun", "method", "options", "steps"))
+_solve_jax = jax.jit(
+    _solve_jax_impl, static_argnames=("fun_static", "method", "options", "steps", "max_evals")
+)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "options", "steps"))
-def _host_init(method, options, steps, params, z0, key):
-    return _init_carry(_build(method, options, params), z0, steps, key)
+@functools.partial(jax.jit, static_argnames=("method", "options", "steps", "max_evals"))
+def _host_init(method, options, steps, max_evals, dyn_options, params, z0, key):
+    return _init_carry(_build(method, options, params, dyn_options), z0, steps, key, max_evals)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "options", "steps"))
-def _host_step(method, options, steps, params, carry, f, g, max_evals, gtol):
-    return _step(_build(method, options, params), carry, f, g, steps, max_evals, gtol)
+@functools.partial(jax.jit, static_argnames=("method", "options", "steps", "max_evals"))
+def _host_step(method, options, steps, max_evals, dyn_options, params, carry, f, g, gtol):
+    opt = _build(method, options, params, dyn_options)
+    return _step(opt, carry, f, g, steps, max_evals, gtol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,6 +323,7 @@ def minimize(
         max_evals = DEFAULT_MAX_EVALS_PER_STEP * steps
     if isinstance(max_evals, bool) or not isinstance(max_evals, int | np.integer) or max_evals < 1:
         raise ValueError(f"max_evals must be a positive integer, got {max_evals!r}")
+    max_evals = int(max_evals)
     if not (isinstance(gtol, int | float) and gtol >= 0):
         raise ValueError(f"gtol must be a non-negative number, got {gtol!r}")
     if callback is not None and not callable(callback):
@@ -311,11 +334,19 @@ def minimize(
 
         params = load_pretrained(method)
     get_optimizer(method, params=params, **options)  # validates params and options up front
+    # float hyper-parameters are traced (no recompilation when tuning a learning rate);
+    # everything else (ints, strings) is static
+    dyn_options = {
+        k: jnp.asarray(v)
+        for k, v in options.items()
+        if isinstance(v, float) and not isinstance(v, bool)
+    }
+    static_options = {k: v for k, v in options.items() if k not in dyn_options}
     try:
-        options_key = tuple(sorted(options.items()))
+        options_key = tuple(sorted(static_options.items()))
         hash(options_key)
     except TypeError:
-        raise ValueError("options values must be hashable (numbers, strings, tuples)") from None
+        raise ValueError("options values must be numbers, strings or tuples") from None
 
     x0_tree = _as_float_tree(x0)
     x0_flat, unravel = ravel_pytree(x0_tree)
@@ -324,15 +355,21 @@ def minimize(
         x0_flat = jnp.clip(x0_flat, box.lo, box.hi)
         x0_tree = unravel(x0_flat)
     dtype = x0_flat.dtype
-    common = dict(method=method, options=options_key, steps=steps, params=params)
+    common = dict(
+        method=method, options=options_key, steps=steps, params=params, dyn_options=dyn_options
+    )
 
     if jac is None and callback is None:
         _check_scalar_output(fun, x0_tree)
+        # arrays inside fun (e.g. an equinox Module objective) are traced, the rest is static:
+        # objectives that differ only in their arrays share one compiled solve
+        fun_dyn, fun_static = eqx.partition(fun, eqx.is_array)
         carry, x_best, hess_inv, n_fallback = _solve_jax(
-            fun=fun,
+            fun_static=fun_static,
+            fun_dyn=fun_dyn,
             x0_tree=x0_tree,
             box=box,
-            max_evals=jnp.asarray(max_evals, jnp.int32),
+            max_evals=max_evals,
             gtol=jnp.asarray(gtol, dtype),
             key=key,
             **common,
@@ -364,6 +401,8 @@ def minimize(
         method=method,
         hess_inv=hess_inv,
         n_fallback=int(n_fallback),
+        last_fun=float(carry.last_f),
+        eval_history=np.asarray(carry.eval_hist)[: int(carry.nfev)],
     )
 
 
@@ -410,14 +449,23 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
 
     params = common["params"]
     static = dict(method=common["method"], options=common["options"], steps=common["steps"])
-    carry = _host_init(params=params, z0=z0, key=key, **static)
-    max_evals_a = jnp.asarray(max_evals, jnp.int32)
+    dyn_options = common["dyn_options"]
+    carry = _host_init(
+        dyn_options=dyn_options, params=params, z0=z0, key=key, max_evals=max_evals, **static
+    )
     gtol_a = jnp.asarray(gtol, dtype)
     while int(carry.status) == RUNNING:
         nit_before = int(carry.state.nit)
         f, g = evaluate(carry.state.x)
         carry = _host_step(
-            params=params, carry=carry, f=f, g=g, max_evals=max_evals_a, gtol=gtol_a, **static
+            dyn_options=dyn_options,
+            params=params,
+            carry=carry,
+            f=f,
+            g=g,
+            max_evals=max_evals,
+            gtol=gtol_a,
+            **static,
         )
         if callback is not None and int(carry.state.nit) > nit_before:
             inter = OptimizeResult(
@@ -434,7 +482,7 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
                 carry = eqx.tree_at(
                     lambda c: c.status, carry, jnp.asarray(Status.CALLBACK_STOP, jnp.int32)
                 )
-    opt = _build(common["method"], common["options"], params)
+    opt = _build(common["method"], common["options"], params, dyn_options)
     hess_inv = None if opt.hess_inv is None else opt.hess_inv(carry.state)
     n_fallback = getattr(carry.state, "n_fallback", jnp.zeros((), jnp.int32))
     return carry, to_x(carry.best_x), hess_inv, n_fallback

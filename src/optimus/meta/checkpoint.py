@@ -44,9 +44,11 @@ class CheckpointError(ValueError):
 def _to_storable(tree: Any) -> Any:
     """Typed PRNG keys are stored as their raw uint32 data."""
     return jax.tree.map(
-        lambda a: jax.random.key_data(a)
-        if jnp.issubdtype(getattr(a, "dtype", np.float32), jax.dtypes.prng_key)
-        else a,
+        lambda a: (
+            jax.random.key_data(a)
+            if jnp.issubdtype(getattr(a, "dtype", np.float32), jax.dtypes.prng_key)
+            else a
+        ),
         tree,
     )
 
@@ -135,9 +137,11 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dict]:
         raise CheckpointError(str(e)) from e
     # re-wrap typed keys
     restored = jax.tree.map(
-        lambda t, r: jax.random.wrap_key_data(r)
-        if jnp.issubdtype(getattr(t, "dtype", np.float32), jax.dtypes.prng_key)
-        else r,
+        lambda t, r: (
+            jax.random.wrap_key_data(r)
+            if jnp.issubdtype(getattr(t, "dtype", np.float32), jax.dtypes.prng_key)
+            else r
+        ),
         template,
         restored,
     )

@@ -130,5 +130,3 @@ def full_loss(task, theta: jax.Array, key: jax.Array, *, num_tasks: int, horizon
         return jnp.sum(losses)
 
     return jnp.mean(jax.vmap(total)(starts))
-
-

@@ -421,9 +421,7 @@ def train(
             wall_s=wall_before + time.time() - t_start,
         )
 
-    bar = tqdm(
-        total=total, initial=start_step, disable=not progress, desc=config.name, unit="step"
-    )
+    bar = tqdm(total=total, initial=start_step, disable=not progress, desc=config.name, unit="step")
     done_here = 0
     with log_path.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
@@ -453,8 +451,9 @@ def train(
             writer.writerow(row)
             fh.flush()
             bar.update(1)
-            bar.set_postfix(loss=row["loss"], val=row["val_loss"] or "-",
-                            steps_s=row["inner_steps_s"])
+            bar.set_postfix(
+                loss=row["loss"], val=row["val_loss"] or "-", steps_s=row["inner_steps_s"]
+            )
             done_here += 1
             out_of_time = (
                 config.run.max_minutes > 0

@@ -48,8 +48,10 @@ def check_learned_params(method: str, net: Any) -> None:
     if kind != want_kind:
         raise ValueError(f"method {method!r} needs a {want_kind!r} network, got a {kind!r} one")
     if method == "optimus" and not cfg.precondition:
-        raise ValueError("method 'optimus' needs a network with precondition=True; use "
-                         "'optimus-noprecond' for a network trained without the preconditioner")
+        raise ValueError(
+            "method 'optimus' needs a network with precondition=True; use "
+            "'optimus-noprecond' for a network trained without the preconditioner"
+        )
     if method == "optimus-noprecond" and cfg.precondition:
         raise ValueError("method 'optimus-noprecond' needs a network with precondition=False")
 

@@ -90,6 +90,7 @@ _SKIP_TOL = 1e-10  # skip the update when y's <= _SKIP_TOL * |s| |y|
 _AMAX = 1e10  # largest step length the line search tries
 _EXTRAP_LO, _EXTRAP_HI = 1.1, 4.0  # extrapolation range, in units of the last increment
 _ZOOM_SAFE = 0.1  # zoom trials stay in the inner (1 - 2 * _ZOOM_SAFE) of the interval
+_F_NOISE = 4.0  # sufficient decrease is tested up to _F_NOISE ulps of |f(x_k)|
 
 
 class QuasiNewtonState(NamedTuple):
@@ -280,8 +281,13 @@ def _make(method: _Method, *, c1: float, c2: float, max_linesearch: int):
         phi = jnp.where(finite, f, inf)
         dphi = jnp.where(finite, jnp.vdot(g.ravel(), state.p.ravel()), 0.0)
         phi0, dphi0 = state.f_k, state.dphi0
-        armijo = phi <= phi0 + c1 * a * dphi0  # False for non-finite trials
-        high = ~armijo | (phi >= state.f_lo)
+        # sufficient decrease, up to a few ulps of rounding in f (False for non-finite trials)
+        f_noise = _F_NOISE * jnp.finfo(dt).eps * jnp.abs(phi0)
+        armijo = phi <= phi0 + c1 * a * dphi0 + f_noise
+        # N&W Alg. 3.5 compares with the previous trial only from the second trial on, so a
+        # first trial with phi == phi(0) (rounding, near a minimiser) may still be accepted.
+        first_trial = bracketing & (state.a_lo == 0)
+        high = ~armijo | ((phi >= state.f_lo) & ~first_trial)
         curv = jnp.abs(dphi) <= -c2 * dphi0
         flip = jnp.where(bracketing, dphi >= 0, dphi * (state.a_hi - state.a_lo) >= 0)
         flip = ~high & ~curv & flip
@@ -402,16 +408,28 @@ def _make(method: _Method, *, c1: float, c2: float, max_linesearch: int):
 
 
 def _bfgs_update(H: Array, s: Array, y: Array) -> Array:
+    """Inverse BFGS update (N&W eq. 6.17), or H itself when the pair fails the skip rule.
+
+    Expanded, H+ = H - rho (s Hy' + Hy s') + (rho^2 y'Hy + rho) s s'. The symmetric rank-2 part
+    is written as a difference of squares, s Hy' + Hy s' = (u u' - v v') / 2 with
+    u = a s + Hy / a, v = a s - Hy / a and a = sqrt(|Hy| / |s|) (balanced, so no extra
+    cancellation), so that every term is an outer product of a vector with itself and
+    H+ is exactly symmetric whatever order the compiler evaluates entries in.
+    """
     ok, ys = _pair_ok(s, y)
     rho = 1.0 / jnp.where(ok, ys, 1.0)
     Hy = H @ y
     yHy = jnp.vdot(y, Hy)
+    ns, nh = jnp.linalg.norm(s), jnp.linalg.norm(Hy)
+    a = jnp.sqrt(jnp.where((ns > 0) & (nh > 0), nh / jnp.where(ns > 0, ns, 1.0), 1.0))
+    u = a * s + Hy / a
+    v = a * s - Hy / a
     Hn = (
         H
-        - rho * (jnp.outer(s, Hy) + jnp.outer(Hy, s))
         + (rho * rho * yHy + rho) * jnp.outer(s, s)
+        - (0.5 * rho) * jnp.outer(u, u)
+        + (0.5 * rho) * jnp.outer(v, v)
     )
-    Hn = 0.5 * (Hn + Hn.T)
     ok = ok & jnp.all(jnp.isfinite(Hn))
     return jnp.where(ok, Hn, H)
 

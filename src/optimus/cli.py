@@ -35,6 +35,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _throughput(args: argparse.Namespace) -> int:
+    from optimus.meta.throughput import main
+
+    try:
+        print(f"written {main(args.out)}")
+    except OSError as e:
+        raise UsageError(f"cannot write to {args.out}: {e}") from None
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from optimus.bench.run import BenchError, main
 
@@ -68,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop (with a checkpoint) after this many outer steps of this call",
     )
     t.set_defaults(func=_train)
+
+    h = sub.add_parser("throughput", help="measure meta-training inner steps per second")
+    h.add_argument("--out", default="bench_results", help="folder for throughput.csv/.md")
+    h.set_defaults(func=_throughput)
 
     from optimus.bench.run import add_arguments
 

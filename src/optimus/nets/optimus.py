@@ -17,7 +17,11 @@ Given per-coordinate features :math:`\phi_t \in \mathbb{R}^{n\times F}` and glob
   :math:`m^{(0.9)} / \sqrt{v^{(0.999)}}`) and a log-magnitude :math:`\mu_i`; a global log step
   length :math:`\sigma` comes from the pooled tokens. The step size is
   :math:`a_i = \exp(c_1 \mu_i + \sigma)`;
-* update (in :mod:`optimus.optimizers.learned`): :math:`x_{t+1} = x_t - B_{t+1} (a \odot d)`.
+* quasi-Newton gate (ours): a global :math:`\lambda = 2\,\mathrm{sigmoid}(\cdot) \in (0, 2)`
+  from the pooled tokens weighs the L-BFGS step :math:`q = H_t g_t` of the features, so the
+  network can take (damped) quasi-Newton steps where they pay;
+* update (in :mod:`optimus.optimizers.learned`):
+  :math:`x_{t+1} = x_t - B_{t+1} (a \odot d + \lambda q)`.
 
 With ``precondition=False`` the rank-one branch is unused and :math:`B = I` (the ablation
 ``optimus-noprecond``). Every layer acts per token, so one network serves any dimension.
@@ -37,6 +41,7 @@ from optimus.nets.features import N_COORD_FEATURES, N_GLOBAL_FEATURES, masked_me
 ADAM_CHANNEL = 5  # m(0.9) * rsqrt(r): the Adam direction, see features.coordinate_features
 MAG_SCALE = 0.1  # c1 in a = exp(c1 * mu + sigma)
 INIT_LOG_STEP = float(jnp.log(0.03))  # initial step RMS in box-normalised coordinates
+INIT_LAM = -1.0  # initial quasi-Newton gate logit: lam = 2 sigmoid(-1) ~ 0.54
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +68,15 @@ class NetConfig:
 
 class NetOutput(eqx.Module):
     """Raw predictions for one step: direction ``d``, log-magnitudes ``mu`` (both ``(N,)``),
-    global log step ``sigma``, rank-one vector ``u`` ``(N,)`` and damping ``rho``."""
+    global log step ``sigma``, rank-one vector ``u`` ``(N,)``, damping ``rho`` and the
+    quasi-Newton gate ``lam``."""
 
     d: jax.Array
     mu: jax.Array
     sigma: jax.Array
     u: jax.Array
     rho: jax.Array
+    lam: jax.Array
 
 
 class StepHead(eqx.Module):
@@ -114,10 +121,10 @@ class OptimusNet(eqx.Module):
         self.embed = Dense(d_in, w, key=ke)
         self.encoder = Encoder(w, config.depth, config.num_heads, config.mlp_ratio, key=kenc)
         self.u_head = Dense(w, 1, key=ku)
-        # global head: [sigma, log u scale, rho logit] from pooled tokens + global features
-        self.glob_head = Dense(w + N_GLOBAL_FEATURES, 3, key=kg, scale=0.01)
+        # global head: [sigma, log u scale, rho logit, lam logit] from pooled tokens + globals
+        self.glob_head = Dense(w + N_GLOBAL_FEATURES, 4, key=kg, scale=0.01)
         self.glob_head = eqx.tree_at(
-            lambda m: m.bias, self.glob_head, jnp.asarray([INIT_LOG_STEP, -3.0, 4.0])
+            lambda m: m.bias, self.glob_head, jnp.asarray([INIT_LOG_STEP, -3.0, 4.0, INIT_LAM])
         )
         self.step = StepHead(d_in + w, config.hidden, key=ks)
         self.config = config
@@ -128,7 +135,7 @@ class OptimusNet(eqx.Module):
         inp = jnp.concatenate([feats, gb], axis=1)
         h = self.encoder(self.embed(inp), mask)
         pooled = masked_mean(h, mask)
-        sigma, log_u, rho_logit = self.glob_head(jnp.concatenate([pooled, glob]))
+        sigma, log_u, rho_logit, lam_logit = self.glob_head(jnp.concatenate([pooled, glob]))
         n = jnp.maximum(jnp.sum(mask), 1).astype(feats.dtype)
         u = self.u_head(h)[:, 0] * jnp.exp(log_u) / jnp.sqrt(n)
         d, mu = self.step(jnp.concatenate([inp, h], axis=1), feats)
@@ -139,6 +146,7 @@ class OptimusNet(eqx.Module):
             sigma=sigma,
             u=jnp.where(mask, u, 0),
             rho=jax.nn.sigmoid(rho_logit) + zero,
+            lam=2 * jax.nn.sigmoid(lam_logit) + zero,
         )
 
 

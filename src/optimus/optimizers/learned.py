@@ -8,7 +8,8 @@ One iteration, given :math:`f_t = f(x_t)` and :math:`g_t = \nabla f(x_t)`:
 2. run the network: direction :math:`d`, log-magnitudes :math:`\mu`, global log step
    :math:`\sigma`, rank-one vector :math:`u`, damping :math:`\rho`;
 3. preconditioner (Optimus only): :math:`B_{t+1} = \rho B_t + (1-\rho) I + u u^\top`;
-4. step: :math:`x_{t+1} = x_t - B_{t+1} (a \odot d)` with :math:`a = \exp(c_1\mu + \sigma)`.
+4. step: :math:`x_{t+1} = x_t - B_{t+1} (a \odot d + \lambda q)` with
+   :math:`a = \exp(c_1\mu + \sigma)` and the quasi-Newton gate :math:`\lambda \in (0, 2)`.
 
 Safeguard: a non-finite proposed step is replaced by no step, :math:`B` is reset to the
 identity and ``n_fallback`` counts it.
@@ -96,7 +97,7 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
     glob = F.global_features(state.t, value, f_prev, f0, g, g_prev, s, y, dx, q, mask)
     out = net(feats, glob, mask)
     a = jnp.exp(jnp.clip(MAG_SCALE * out.mu + out.sigma, -30.0, 10.0))
-    raw = (a * out.d).astype(dtype)
+    raw = (a * out.d + out.lam * q).astype(dtype)
     if state.B is None:
         B_new = None
         step = raw

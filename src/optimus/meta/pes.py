@@ -2,9 +2,10 @@ r"""Evolution-strategies meta-gradient estimators over truncated unrolls.
 
 Both estimators work on a *truncated task* (see :class:`optimus.meta.tasks.TruncatedTask`):
 ``task.init(theta, key, stagger)`` gives an inner state; ``task.unroll(theta, state, K,
-next_state)`` advances it ``K`` steps and returns per-step losses and, per step, whether it
-belongs to a problem that was *started inside* this truncation (``seg = 1``) or to the one
-active at its start (``seg = 0``). The meta-objective is the sum of the per-step losses over
+next_state)`` advances it ``K`` steps and returns the new state, per-step losses, per step
+whether it belongs to a problem that was *started inside* this truncation (``seg = 1``) or to
+the one active at its start (``seg = 0``), and whether the final problem is a new one
+(``fresh``). The meta-objective is the sum of the per-step losses over
 the inner horizon (the task divides by the horizon, so it is a mean).
 
 **Antithetic ES** (reference, full unrolls from scratch): with
@@ -22,8 +23,9 @@ reset inside the truncation,
 .. math:: \hat g = \frac{1}{P} \sum_j \frac{(L^+_{j,0} - L^-_{j,0})\,\xi_j
           + (L^+_{j,1} - L^-_{j,1})\,\epsilon_j}{2\sigma^2},
 
-after which :math:`\xi_j = \epsilon_j` for pairs that reset (the new problem has only seen
-this truncation's perturbation) and :math:`\xi_j` otherwise. Summed over the truncations of
+after which :math:`\xi_j = \epsilon_j` for pairs whose new problem ran inside the truncation
+(it has only seen this truncation's perturbation), :math:`\xi_j = 0` for a problem that
+starts exactly at the truncation's end, and :math:`\xi_j` otherwise. Summed over the truncations of
 a horizon with :math:`\theta` fixed, this is an unbiased estimate of the gradient of the
 Gaussian-smoothed full-horizon meta-objective. Both particles of a pair share the problem and
 reset schedule. Non-finite losses are replaced by the task's penalty before differencing.
@@ -78,14 +80,17 @@ def pes_estimate(
     def run(th, s, n):
         return task.unroll(th, s, truncation, n)
 
-    pos, loss_p, seg = jax.vmap(run)(theta + eps, state.pos, nxt)
-    neg, loss_n, _ = jax.vmap(run)(theta - eps, state.neg, nxt)
+    pos, loss_p, seg, fresh = jax.vmap(run)(theta + eps, state.pos, nxt)
+    neg, loss_n, _, _ = jax.vmap(run)(theta - eps, state.neg, nxt)
     l0p, l1p = _split(loss_p, seg)
     l0n, l1n = _split(loss_n, seg)
     xi = state.xi + eps
     g = ((l0p - l0n)[:, None] * xi + (l1p - l1n)[:, None] * eps) / (2 * sigma**2)
-    reset = jnp.any(seg, axis=1)
-    new_xi = jnp.where(reset[:, None], eps, xi)
+    # a problem that started inside the truncation has seen eps only; one that starts at its
+    # very end has seen no perturbation yet
+    ran_new = jnp.any(seg, axis=1)
+    new_xi = jnp.where(ran_new[:, None], eps, jnp.where(fresh[:, None], 0.0, xi))
+    reset = fresh
     metrics = {
         "loss": 0.5 * jnp.mean(jnp.sum(loss_p + loss_n, axis=1)),
         "resets": jnp.sum(reset),
@@ -112,8 +117,7 @@ def es_estimate(
     starts = jax.vmap(lambda k: task.init(theta, k, False))(jax.random.split(k_task, num_pairs))
 
     def total(th, s):
-        _, losses, _ = task.unroll(th, s, horizon, s)
-        return jnp.sum(losses)
+        return jnp.sum(task.unroll(th, s, horizon, s)[1])
 
     lp = jax.vmap(total)(theta + eps, starts)
     ln = jax.vmap(total)(theta - eps, starts)
@@ -126,7 +130,6 @@ def full_loss(task, theta: jax.Array, key: jax.Array, *, num_tasks: int, horizon
     starts = jax.vmap(lambda k: task.init(theta, k, False))(jax.random.split(key, num_tasks))
 
     def total(s):
-        _, losses, _ = task.unroll(theta, s, horizon, s)
-        return jnp.sum(losses)
+        return jnp.sum(task.unroll(theta, s, horizon, s)[1])
 
     return jnp.mean(jax.vmap(total)(starts))

@@ -123,7 +123,9 @@ class TruncatedTask(eqx.Module):
     def unroll(self, theta: jax.Array, state: InnerState, num_steps: int, next_state: InnerState):
         """Advance ``num_steps`` inner steps. When the problem's horizon ends, the particle
         continues on ``next_state`` (at most one reset per call: ``num_steps <= horizon``).
-        Returns ``(state, losses (K,), seg (K,) bool)``."""
+        Returns ``(state, losses (K,), seg (K,) bool, fresh bool)``: ``seg`` marks steps on a
+        problem started inside this call, ``fresh`` that the final state's problem started
+        inside this call or at its very end (then it has run no step yet)."""
         net = self.net(theta)
 
         def body(carry, _):
@@ -139,10 +141,10 @@ class TruncatedTask(eqx.Module):
             s = jax.tree.map(lambda a, b: jnp.where(done, b, a), s, next_state)
             return (s, seg | done), (loss, seg)
 
-        (state, _), (losses, seg) = jax.lax.scan(
+        (state, fresh), (losses, seg) = jax.lax.scan(
             body, (state, jnp.asarray(False)), None, length=num_steps
         )
-        return state, losses, seg
+        return state, losses, seg, fresh
 
 
 def make_task(net, config: TaskConfig) -> tuple[TruncatedTask, jax.Array]:

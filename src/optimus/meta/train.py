@@ -277,7 +277,7 @@ class Trainer:
                 best_val=state.best_val,
                 best_theta=state.best_theta,
             )
-            metrics = dict(metrics, grad_norm=optax.global_norm(g), skipped=~finite)
+            metrics = dict(metrics, grad_norm=optax.tree.norm(g), skipped=~finite)
             return new, metrics
 
         self.outer_step = jax.jit(outer_step)

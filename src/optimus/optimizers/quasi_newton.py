@@ -44,12 +44,17 @@ the driver hands us one :math:`(\phi, \nabla f)` per :meth:`update` call:
   :math:`\alpha_{lo}` (the old :math:`\alpha_{lo}` becoming :math:`\alpha_{hi}` when
   :math:`\phi'(\alpha_j)(\alpha_{hi}-\alpha_{lo}) \ge 0`).
 
-Non-finite trial values count as "too large". Every trial is also tested for sufficient and
-strict decrease and the best such point is remembered. When a line search spends
-``max_linesearch`` evaluations (or its interval collapses to rounding level) the best such point
-is accepted; if there is none the estimate is reset to the identity and the search is retried
-once along :math:`-\nabla f`; if that fails too, ``state.failed`` is set, ``state.x`` returns to
-the last accepted iterate and later updates leave the state unchanged.
+As in Alg. 3.5, the first trial of a line search is compared with :math:`\phi(0)` only through
+the sufficient-decrease test, and that test allows a rounding slack of a few ulps of
+:math:`|f(x_k)|`, so that near a minimiser (where :math:`f` no longer resolves the decrease)
+steps that satisfy the curvature condition are still accepted. Non-finite trial values count as
+"too large". Every trial is also tested for sufficient and strict decrease and the best such
+point is remembered. When a line search spends ``max_linesearch`` evaluations (or its zoom
+interval collapses to rounding level) that best point is accepted; if there is none the
+estimate is reset to the identity and the search is retried once along :math:`-\nabla f`; if
+that fails too, ``state.failed`` is set, ``state.x`` returns to the last accepted iterate and
+later updates leave the state unchanged (so at most ``1 + 2 * max_linesearch`` evaluations are
+spent on one iteration).
 
 **Initial trial step.** BFGS follows scipy / N&W eq. 3.60:
 :math:`\alpha_0 = \min(1, 1.01 \cdot 2 (f_k - f_{k-1}) / \nabla f_k^\top p_k)`, with the
@@ -58,7 +63,9 @@ fictitious :math:`f_{-1} = f_0 + \|\nabla f_0\|/2` on the first iteration (there
 :math:`\alpha_0 = 1` when the formula is not positive. L-BFGS follows L-BFGS-B: :math:`1/\|p_0\|`
 on the first iteration, 1 afterwards.
 
-``state.nit`` counts accepted steps, ``state.nfev`` evaluations consumed. Convergence (e.g.
+``x0`` may have any shape; ``H`` (and the L-BFGS buffers) live in the flattened coordinates,
+``H`` being ``(x0.size, x0.size)``. ``state.nit`` counts accepted steps, ``state.nfev``
+evaluations consumed. Convergence (e.g.
 :math:`\|\nabla f(x_k)\|_\infty <` tol, using ``state.g_k``) is the driver's business; an
 exactly zero gradient gives :math:`p = 0` and never produces NaNs.
 """

@@ -1,0 +1,162 @@
+"""Meta-training runs: config parsing, checkpoints, SIGKILL + resume determinism, errors."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optimus.cli import main as cli_main
+from optimus.meta import checkpoint as ckpt
+from optimus.meta.train import Trainer, load_config, train
+
+TINY = """
+name = "optimus"
+[model]
+width = 8
+depth = 1
+num_heads = 2
+hidden = 8
+[tasks]
+functions = ["sphere", "rastrigin", "rosenbrock"]
+n_min = 2
+n_max = 4
+horizon = 10
+[estimator]
+num_pairs = 4
+truncation = 5
+[outer]
+steps = 24
+warmup_steps = 3
+[run]
+checkpoint_every = 4
+eval_every = 6
+eval_tasks = 4
+"""
+
+
+@pytest.fixture()
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _cli(*args, **kw):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.Popen(
+        [sys.executable, "-m", "optimus.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,
+    )
+
+
+def _losses(run: Path):
+    with (run / "log.csv").open() as fh:
+        return [(r["step"], r["loss"], r["grad_norm"], r["val_loss"]) for r in csv.DictReader(fh)]
+
+
+def _arrays(path: Path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_config_parsing_and_overrides(tiny_config):
+    cfg = load_config(tiny_config, ["outer.learning_rate=1e-3", "tasks.functions=sphere,levy"])
+    assert cfg.outer.learning_rate == 1e-3 and cfg.tasks.functions == ("sphere", "levy")
+    assert cfg.model.width == 8 and cfg.estimator.num_pairs == 4
+    for bad, match in [
+        (["outer.stepz=3"], "unknown key"),
+        (["nosection.x=1"], "unknown section"),
+        (["outer.steps=abc"], "integer"),
+        (["tasks.functions=sphere,nope"], "nope"),
+        (["estimator.truncation=50"], "must not exceed"),
+        (["estimator.kind=magic"], "estimator.kind"),
+        (["outer.steps"], "section.key=value"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            load_config(tiny_config, bad)
+
+
+def test_sigkill_then_resume_is_identical_to_an_uninterrupted_run(tmp_path, tiny_config):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    p = _cli("train", "--config", str(tiny_config), "--out", str(full), "--quiet")
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+
+    p = _cli("train", "--config", str(tiny_config), "--out", str(killed), "--quiet")
+    deadline = time.time() + 600
+    latest = killed / "checkpoints" / "latest"
+    while time.time() < deadline and p.poll() is None:
+        if latest.exists() and int(latest.read_text().split("_")[1]) >= 8:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    ck = ckpt.latest_checkpoint(killed / "checkpoints")
+    ck_step = int(ck.name.split("_")[1])
+    rows_before = len(_losses(killed))
+    assert 8 <= ck_step < 24 and rows_before >= ck_step  # nothing before the checkpoint lost
+
+    p = _cli("train", "--config", str(tiny_config), "--out", str(killed), "--resume", "--quiet")
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+    assert _losses(killed) == _losses(full)  # same log, row for row, no duplicates
+    a, b = _arrays(full / "optimus-last.npz"), _arrays(killed / "optimus-last.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(
+        _arrays(full / "optimus.npz")["encoder.layers.0.qkv.weight"],
+        _arrays(killed / "optimus.npz")["encoder.layers.0.qkv.weight"],
+    )
+
+
+def test_checkpoint_errors(tmp_path, tiny_config):
+    cfg = load_config(tiny_config)
+    out = tmp_path / "run"
+    train(cfg, out, progress=False, stop_after=4)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(cfg, out, progress=False)
+    # a different configuration refuses to resume
+    other = load_config(tiny_config, ["model.width=16"])
+    with pytest.raises(ckpt.CheckpointError, match="different configuration"):
+        train(other, out, resume=True, progress=False)
+    last = ckpt.latest_checkpoint(out / "checkpoints")
+    # a structurally different template is refused
+    with pytest.raises(ckpt.CheckpointError, match="different model"):
+        ckpt.load_checkpoint(last, {"x": np.zeros(3)})
+    # a corrupt state file is detected by its hash
+    data = bytearray((last / "state.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (last / "state.npz").write_bytes(bytes(data))
+    template = Trainer(cfg).init_state()
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        ckpt.load_checkpoint(last, template)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train(cfg, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_cli_errors_are_one_line_messages(tmp_path, tiny_config, capsys):
+    assert cli_main(["train", "--config", str(tiny_config), "--set", "outer.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key" in err and "Traceback" not in err
+    assert cli_main(["train", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # running as root: permissions are not enforced
+            pytest.skip("cannot make a read-only folder as root")
+        code = cli_main(["train", "--config", str(tiny_config), "--out", str(ro / "x")])
+        assert code == 2 and "not writable" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)

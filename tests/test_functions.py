@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -12,6 +13,14 @@ import pytest
 from optimus import functions as F
 
 SMOOTH = {"sphere", "quadratic", "rosenbrock", "dixon_price", "powell"}
+N_MIN, N_MAX, BATCH = 2, 32, 256  # the sampled meta-training batch
+PAD = 12  # padded size for the function-level float64 tests (one compilation per function)
+
+
+@functools.cache
+def _vg(name: str):
+    """Jitted value_and_grad of a canonical function, shared by the tests (n is traced)."""
+    return jax.jit(jax.value_and_grad(F.get(name).fn))
 
 
 def _dims(name: str, dims=(2, 4, 8, 12)) -> list[int]:
@@ -76,14 +85,21 @@ def _ref(name: str, x: np.ndarray) -> float:
     raise AssertionError(name)
 
 
-def _fd_grad(f, x: np.ndarray, rel: float = 1e-6) -> np.ndarray:
-    """Central finite differences, vmapped (float64)."""
-    h = rel * np.maximum(1.0, np.abs(x))
-    e = np.diag(h)
-    pts = jnp.asarray(np.concatenate([x + e, x - e]))
-    vals = np.asarray(jax.jit(jax.vmap(f))(pts))
-    n = x.shape[0]
-    return (vals[:n] - vals[n:]) / (2 * h)
+def _fd_grad(f, x: np.ndarray, n: int | None = None, rel: float = 1e-6) -> np.ndarray:
+    """Central finite differences of f at x in the first n coordinates (float64). Eager calls:
+    they reuse the function's compiled code for this shape."""
+    n = x.shape[0] if n is None else n
+    g = np.zeros(n)
+    for i in range(n):
+        e = np.zeros_like(x)
+        e[i] = rel * max(1.0, abs(x[i]))
+        g[i] = (float(f(jnp.asarray(x + e))) - float(f(jnp.asarray(x - e)))) / (2 * e[i])
+    return g
+
+
+def _pad_junk(rng: np.random.Generator, x: np.ndarray, size: int = PAD) -> np.ndarray:
+    """x followed by large random junk up to ``size``."""
+    return np.concatenate([x, rng.normal(scale=1e3, size=size - x.shape[0])])
 
 
 def _assert_grad_close(g, fd):
@@ -151,21 +167,22 @@ def test_value_at_minimizer_is_zero_and_positive_elsewhere(name):
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         for n in _dims(name):
-            xs = jnp.asarray(tf.minimizer(n))
-            assert abs(float(tf.fn(xs))) <= 1e-12, (name, n)
+            xs = jnp.asarray(_pad_junk(rng, tf.minimizer(n)))
+            assert abs(float(tf.fn(xs, n))) <= 1e-12, (name, n)
             for _ in range(3):
-                x = jnp.asarray(_random_in_domain(rng, name, n))
-                assert float(tf.fn(x)) > 1e-6, (name, n)
+                x = jnp.asarray(_pad_junk(rng, _random_in_domain(rng, name, n)))
+                assert float(tf.fn(x, n)) > 1e-6, (name, n)
+        assert abs(float(tf.fn(jnp.asarray(tf.minimizer(PAD))))) <= 1e-12  # n=None: all of x
 
 
 @pytest.mark.parametrize("name", F.NAMES)
 def test_matches_reference_definition(name):
     rng = np.random.default_rng(1)
     with jax.enable_x64(True):
-        for n in _dims(name, (1, 2, 3, 4, 7, 8)):
+        for n in _dims(name, (1, 2, 3, 4, 7, 8, 12)):
             for _ in range(3):
                 x = _random_in_domain(rng, name, n)
-                got = float(F.get(name).fn(jnp.asarray(x)))
+                got = float(F.get(name).fn(jnp.asarray(_pad_junk(rng, x)), n))
                 np.testing.assert_allclose(got, _ref(name, x), rtol=1e-10, atol=1e-10)
 
 
@@ -191,11 +208,13 @@ def test_gradient_matches_finite_differences_canonical(name):
     n = 8
     fn = F.get(name).fn
     with jax.enable_x64(True):
-        grad = jax.jit(jax.grad(fn))
         for _ in range(3):
             # shrink so perm stays moderate; all functions are smooth at these points a.s.
             x = _random_in_domain(rng, name, n, shrink=0.5 if name == "perm" else 1.0)
-            _assert_grad_close(grad(jnp.asarray(x)), _fd_grad(fn, x))
+            xp = _pad_junk(rng, x)
+            g = np.asarray(_vg(name)(jnp.asarray(xp), n)[1])
+            np.testing.assert_array_equal(g[n:], 0.0)
+            _assert_grad_close(g[:n], _fd_grad(lambda v: fn(v, n), xp, n))
 
 
 @pytest.mark.parametrize("name", F.NAMES)
@@ -203,24 +222,24 @@ def test_gradient_matches_finite_differences_transformed(name):
     rng = np.random.default_rng(3)
     with jax.enable_x64(True):
         p = F.make_problem(
-            name, 4, variant="transformed", key=jax.random.key(3), pad_to=6, dtype=jnp.float64
+            name, 4, variant="transformed", key=jax.random.key(3), pad_to=8, dtype=jnp.float64
         )
-        grad = jax.jit(jax.grad(p))
+        vg = jax.jit(jax.value_and_grad(p))  # one compilation for values and gradients
         for _ in range(3):
-            x = np.zeros(6)
+            x = np.zeros(8)
             lo, hi = F.get(name).domain(4)
             x[:4] = rng.uniform(lo, hi, size=4) if name != "perm" else rng.uniform(-1, 1, 4)
-            g = np.asarray(grad(jnp.asarray(x)))
-            assert np.all(g[4:] == 0.0)
-            _assert_grad_close(g[:4], _fd_grad(p, x)[:4])
+            g = np.asarray(vg(jnp.asarray(x))[1])
+            np.testing.assert_array_equal(g[4:], 0.0)
+            _assert_grad_close(g[:4], _fd_grad(lambda v: vg(v)[0], x, 4))
 
 
 def test_ackley_gradient_at_zero_is_finite():
-    g = jax.grad(F.ackley)(jnp.zeros(5))
-    assert np.all(np.isfinite(np.asarray(g)))
-    np.testing.assert_array_equal(np.asarray(g), 0.0)
-    p = F.make_problem("ackley", 3, variant="transformed", key=jax.random.key(0))
-    assert np.all(np.isfinite(np.asarray(jax.grad(p)(p.x_opt))))
+    val, g = _vg("ackley")(jnp.zeros(PAD, jnp.float32), 5)
+    assert float(val) == 0.0
+    np.testing.assert_array_equal(np.asarray(g), 0.0)  # finite (safe sqrt), not NaN
+    p = F.make_problem("ackley", 3, variant="transformed", key=jax.random.key(0), pad_to=8)
+    assert np.all(np.isfinite(np.asarray(jax.jit(jax.grad(p))(p.x_opt))))
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,26 +250,24 @@ def test_ackley_gradient_at_zero_is_finite():
 @pytest.mark.parametrize("name", F.NAMES)
 def test_padding_invariance(name):
     rng = np.random.default_rng(4)
-    n, size = 4, 11
+    n = 4
     fn = F.get(name).fn
-    vg = jax.jit(jax.value_and_grad(fn))  # n is a traced argument here
+    vg = _vg(name)
     with jax.enable_x64(True):
         x = _random_in_domain(rng, name, n, shrink=0.9)
-        ref_val, ref_grad = vg(jnp.asarray(x), n)
+        ref_val, ref_grad = vg(jnp.asarray(x))  # unpadded, n = None
         ref_val, ref_grad = float(ref_val), np.asarray(ref_grad)
         np.testing.assert_allclose(ref_val, _ref(name, x), rtol=1e-10, atol=1e-10)
-        junk = rng.normal(scale=1e3, size=size - n)
-        xp = jnp.asarray(np.concatenate([x, junk]))
+        xp = jnp.asarray(_pad_junk(rng, x))
         # even non-finite junk in the padding is ignored
         xnan = xp.at[n:].set(jnp.nan).at[-1].set(jnp.inf)
-        for xx in (xp, xnan):
-            val, g = vg(xx, n)
+        for xx, nn in ((xp, n), (xp, np.int32(n)), (xnan, jnp.int32(n))):
+            val, g = vg(xx, nn)
             np.testing.assert_allclose(float(val), ref_val, rtol=1e-12, atol=1e-14)
             g = np.asarray(g)
             np.testing.assert_array_equal(g[n:], 0.0)
             np.testing.assert_allclose(g[:n], ref_grad, rtol=1e-12, atol=1e-12 * (1 + ref_val))
         np.testing.assert_allclose(float(fn(xp, n)), ref_val, rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(float(fn(xp, np.int32(n))), ref_val, rtol=1e-12, atol=1e-14)
 
 
 def test_powell_counts_only_complete_groups():
@@ -315,7 +332,7 @@ def test_transformed_problem(name):
     n = 4
     with jax.enable_x64(True):
         p = F.make_problem(
-            name, n, variant="transformed", key=jax.random.key(7), pad_to=7, dtype=jnp.float64
+            name, n, variant="transformed", key=jax.random.key(7), pad_to=8, dtype=jnp.float64
         )
         lo, hi = F.get(name).domain(n)
         assert float(p.lo) == lo and float(p.hi) == hi
@@ -323,7 +340,7 @@ def test_transformed_problem(name):
         assert float(p.f_star) == 0.0
         _assert_orthogonal(p.rotation, 1e-12)
         r = np.asarray(p.rotation)
-        np.testing.assert_array_equal(r[n:, n:], np.eye(7 - n))
+        np.testing.assert_array_equal(r[n:, n:], np.eye(8 - n))
         np.testing.assert_array_equal(r[:n, n:], 0.0)
         np.testing.assert_array_equal(r[n:, :n], 0.0)
         assert not np.allclose(r[:n, :n], np.eye(n))  # a real rotation
@@ -333,7 +350,7 @@ def test_transformed_problem(name):
         assert float(p(x)) > 0
         # rotated: the canonical value at x differs from the problem value
         q = F.make_problem(
-            name, n, variant="transformed", key=jax.random.key(9), pad_to=7, dtype=jnp.float64
+            name, n, variant="transformed", key=jax.random.key(9), pad_to=8, dtype=jnp.float64
         )
         assert not np.allclose(np.asarray(q.x_opt), xo)
 
@@ -343,11 +360,11 @@ def test_canonical_problem_equals_function():
     with jax.enable_x64(True):
         for name in F.NAMES:
             n = 4
-            p = F.make_problem(name, n, pad_to=6, f_scale=3.0, dtype=jnp.float64)
-            np.testing.assert_array_equal(np.asarray(p.rotation), np.eye(6))
+            p = F.make_problem(name, n, pad_to=8, f_scale=3.0, dtype=jnp.float64)
+            np.testing.assert_array_equal(np.asarray(p.rotation), np.eye(8))
             np.testing.assert_array_equal(np.asarray(p.x_opt)[:n], F.get(name).minimizer(n))
             x = _random_in_domain(rng, name, n)
-            xp = jnp.asarray(np.concatenate([x, [7.0, -3.0]]))
+            xp = jnp.asarray(np.concatenate([x, [7.0, -3.0, 1e3, np.nan]]))
             np.testing.assert_allclose(
                 float(p(xp)), 3.0 * float(F.get(name).fn(jnp.asarray(x))), rtol=1e-10
             )
@@ -369,16 +386,16 @@ def test_offcentre_problem(name):
 
 
 def test_problem_unit_maps_and_sampling():
-    p = F.make_problem("levy", 3, variant="transformed", key=jax.random.key(12), pad_to=5)
-    np.testing.assert_array_equal(np.asarray(p.mask), [True, True, True, False, False])
+    p = F.make_problem("levy", 3, variant="transformed", key=jax.random.key(12), pad_to=8)
+    np.testing.assert_array_equal(np.asarray(p.mask), np.arange(8) < 3)
     lo, hi = -10.0, 10.0
-    np.testing.assert_allclose(p.from_unit(-jnp.ones(5))[:3], lo)
-    np.testing.assert_allclose(p.from_unit(jnp.ones(5))[:3], hi)
-    z = jax.random.uniform(jax.random.key(13), (5,), minval=-1, maxval=1) * p.mask
+    np.testing.assert_allclose(p.from_unit(-jnp.ones(8))[:3], lo)
+    np.testing.assert_allclose(p.from_unit(jnp.ones(8))[:3], hi)
+    z = jax.random.uniform(jax.random.key(13), (8,), minval=-1, maxval=1) * p.mask
     np.testing.assert_allclose(p.to_unit(p.from_unit(z)), z, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(p.from_unit(z))[3:], 0.0)
     assert float(p.unit_objective(p.to_unit(p.x_opt))) <= 1e-4
-    x0s = jax.vmap(p.sample_x0)(jax.random.split(jax.random.key(14), 50))
+    x0s = jax.jit(jax.vmap(p.sample_x0))(jax.random.split(jax.random.key(14), BATCH))
     x0s = np.asarray(x0s)
     assert np.all((x0s[:, :3] >= lo) & (x0s[:, :3] <= hi)) and np.all(x0s[:, 3:] == 0)
     assert x0s[:, :3].std() > 3.0  # spread over the box
@@ -400,9 +417,6 @@ def test_problems_stack_and_vmap():
 # ---------------------------------------------------------------------------------------
 
 
-N_MIN, N_MAX, BATCH = 2, 32, 256
-
-
 @jax.jit
 def _batch_eval(problems, x):
     """Per problem: value at x_opt, value and gradient at x (vmapped lax.switch)."""
@@ -416,7 +430,7 @@ def _batch_eval(problems, x):
 
 @pytest.fixture(scope="module")
 def sampled():
-    keys = jax.random.split(jax.random.key(15), BATCH - 2)
+    keys = jax.random.split(jax.random.key(15), BATCH)[:-2]
     ps = jax.jit(jax.vmap(lambda k: F.sample_problem(k, n_min=N_MIN, n_max=N_MAX)))(keys)
     # two hand-made problems appended: perm's branch will see griewank's large coordinates
     pg = F.make_problem("griewank", N_MAX, variant="transformed", key=jax.random.key(1))
@@ -474,25 +488,30 @@ def test_vmapped_switch_gradients_do_not_leak_nan(sampled):
 
 
 def test_sample_problem_options():
-    keys = jax.random.split(jax.random.key(17), 64)
+    keys = jax.random.split(jax.random.key(17), BATCH)
+    names = ("powell", "sphere", "ackley")
     ps = jax.vmap(
         lambda k: F.sample_problem(
-            k, names=("powell", "sphere"), n_min=2, n_max=9, variants=("canonical",)
+            k, names=names, n_min=2, n_max=9, variants=("canonical", "offcentre")
         )
     )(keys)
     fid, n = np.asarray(ps.func_id), np.asarray(ps.n)
-    assert set(fid.tolist()) == {F.NAMES.index("powell"), F.NAMES.index("sphere")}
+    assert set(fid.tolist()) == {F.NAMES.index(nm) for nm in names}
+    assert np.all((n >= 2) & (n <= 9))
     assert np.all(n[fid == F.NAMES.index("powell")] >= 4)
-    assert np.all(np.asarray(ps.rotation) == np.eye(9)[None])
-    sph = fid == F.NAMES.index("sphere")
-    assert np.all(np.asarray(ps.x_opt)[sph] == 0.0)
-    qs = jax.vmap(
-        lambda k: F.sample_problem(k, names=("ackley",), n_max=8, variants=("offcentre",))
-    )(keys)
-    xo, nq = np.asarray(qs.x_opt), np.asarray(qs.n)
-    valid = np.arange(8)[None, :] < nq[:, None]
-    edge = np.minimum(xo + 32.768, 32.768 - xo)[valid]
-    assert np.all(edge <= 0.1 * 65.536 + 1e-4)
+    assert np.all(n[fid == F.NAMES.index("powell")] % 4 == 0)
+    rot, xo = np.asarray(ps.rotation), np.asarray(ps.x_opt)
+    valid = np.arange(9)[None, :] < n[:, None]
+    canonical = np.all(rot == np.eye(9)[None], axis=(1, 2))
+    assert 0.3 < canonical.mean() < 0.7  # both variants drawn
+    # canonical: identity rotation and the canonical minimizer (0 for these three functions)
+    assert np.all(xo[canonical] == 0.0)
+    # offcentre: every valid coordinate within the outer 10% of the box
+    lo, hi = np.asarray(ps.lo)[:, None], np.asarray(ps.hi)[:, None]
+    edge = np.minimum(xo - lo, hi - xo)
+    off = ~canonical
+    assert np.all((edge <= 0.1 * (hi - lo) + 1e-4)[off][valid[off]])
+    assert np.all((edge >= -1e-5)[off][valid[off]])
 
 
 # ---------------------------------------------------------------------------------------
@@ -532,14 +551,26 @@ def test_bad_inputs_raise():
 
 @pytest.mark.parametrize("name", F.NAMES)
 def test_dtype_preserved(name):
+    x32 = jnp.linspace(0.1, 0.9, PAD, dtype=jnp.float32)
+    val, grad = _vg(name)(x32, 4)
+    assert val.dtype == jnp.float32 and grad.dtype == jnp.float32
+    with jax.enable_x64(True):
+        x64 = jnp.linspace(0.1, 0.9, PAD, dtype=jnp.float64)
+        val, grad = _vg(name)(x64, 4)
+        assert val.dtype == jnp.float64 and grad.dtype == jnp.float64
+        assert F.evaluate(F.NAMES.index(name), x64, 4).dtype == jnp.float64
+
+
+@pytest.mark.parametrize("name", ["sphere", "perm"])
+def test_problem_dtype_preserved(name):
     x32 = jnp.linspace(0.1, 0.9, 8, dtype=jnp.float32)
-    assert F.get(name).fn(x32).dtype == jnp.float32
-    assert jax.grad(F.get(name).fn)(x32).dtype == jnp.float32
     p = F.make_problem(name, 4, variant="transformed", key=jax.random.key(1), pad_to=8)
     assert p(x32).dtype == jnp.float32 and p.x_opt.dtype == jnp.float32
+    assert p.rotation.dtype == jnp.float32 and p.f_scale.dtype == jnp.float32
     with jax.enable_x64(True):
         x64 = jnp.linspace(0.1, 0.9, 8, dtype=jnp.float64)
-        assert F.get(name).fn(x64).dtype == jnp.float64
-        assert F.evaluate(F.NAMES.index(name), x64).dtype == jnp.float64
-        q = F.make_problem(name, 4, variant="transformed", key=jax.random.key(1), dtype=jnp.float64)
-        assert q(x64[:4]).dtype == jnp.float64 and q.rotation.dtype == jnp.float64
+        q = F.make_problem(
+            name, 4, variant="transformed", key=jax.random.key(1), pad_to=8, dtype=jnp.float64
+        )
+        assert q(x64).dtype == jnp.float64 and q.rotation.dtype == jnp.float64
+        assert q.lo.dtype == jnp.float64 and q.x_opt.dtype == jnp.float64

@@ -32,6 +32,9 @@ griewank        Σ x_i²/4000 − Π cos(x_i/√i) + 1                         [
 perm            Σ_{i=1}^d ( Σ_{j=1}^d (j + β)(x_j^i − j^{−i}) )²,  β = 10  [-d, d]
 ==============  ======================================================  =================
 
+Perm overflows (returns +inf, never NaN) from random starts in its domain for n ≳ 16 in
+float32 and n ≳ 80 in float64; see :func:`perm`.
+
 All have minimum value 0. Minimizers: 0 for sphere, quadratic, powell, rastrigin, ackley,
 griewank; 1 for rosenbrock and levy; x_i = 2^{−(2^i − 2)/2^i} for dixon_price; x_i = 1/i for
 perm.
@@ -308,26 +311,73 @@ def _int_powers(base: Array, exps: Array, max_exp: Array) -> Array:
     return out
 
 
-def _perm_raw(xm: Array, n: Array, mask: Array, beta: float) -> Array:
-    """Perm(0,d,β) by the definition; non-finite inner sums give +inf (never NaN)."""
+def _perm_inner(xm: Array, n: Array, mask: Array) -> tuple[Array, Array]:
+    """Inner sums ``S_i = Σ_j (j+β)(x_j^i − j^{−i})`` (zero on rows i > n) and the power
+    matrix ``P[i-1, j] = x_j^i`` (rows i > n repeat the power n; padded columns are 1)."""
     size = xm.shape[0]
     dt = xm.dtype
     idx = jnp.arange(size, dtype=jnp.int32)
     j = (idx + 1).astype(dt)
-    valid2 = mask[:, None] & mask[None, :]  # row i -> power i+1, column j -> coordinate j
+    valid2 = mask[:, None] & mask[None, :]  # row i-1 -> power i, column j-1 -> coordinate j
     one = jnp.ones((), dt)
-    # rows >= n repeat the power n (finite padding rows); padded columns have base 1
     exps = jnp.minimum(idx + 1, n)
-    powers = _int_powers(jnp.where(mask, xm, one), exps, n)  # x_j^i
+    powers = _int_powers(jnp.where(mask, xm, one), exps, n)
     inv_j = jnp.asarray(_inv_index(size), dtype=dt)
     # j^-i by the same operations, so the value at x_j = 1/j is exactly 0
     targets = _int_powers(jnp.where(mask, inv_j, one), exps, n)
-    coef = jnp.where(mask, j + beta, jnp.zeros((), dt))
+    coef = jnp.where(mask, j + PERM_BETA, jnp.zeros((), dt))
     inner = jnp.sum(jnp.where(valid2, coef[None, :] * (powers - targets), _zero(xm)), axis=1)
+    return inner, powers
+
+
+def _perm_value(xm: Array, n: Array) -> Array:
+    """The faithful value; non-finite inner sums give +inf (never NaN)."""
+    mask = jnp.arange(xm.shape[0], dtype=jnp.int32) < n
+    inner, _ = _perm_inner(xm, n, mask)
     finite = jnp.isfinite(inner)
     safe = jnp.where(finite, inner, _zero(xm))
-    terms = jnp.where(finite, safe * safe, jnp.full((), jnp.inf, dt))
+    terms = jnp.where(finite, safe * safe, jnp.full((), jnp.inf, xm.dtype))
     return jnp.sum(jnp.where(mask, terms, _zero(xm)))
+
+
+def _perm_safe_scale(xm: Array, n: Array) -> Array:
+    """1 where a conservative bound says value and gradient cannot overflow, else the factor
+    in (0, 1) that shrinks x until the bound holds."""
+    dt = xm.dtype
+    nf = n.astype(dt)
+    log_max = float(np.log(np.finfo(dt).max)) - 2.0
+    logn, lognb = jnp.log(nf), jnp.log(nf + PERM_BETA)
+    # log of a bound on f, n (2 n (n+β) A^n)^2, plus a bound on |grad| / f, 2 n^2 (n+β)
+    const = logn + 2.0 * (math.log(2.0) + logn + lognb) + math.log(2.0) + 2.0 * logn + lognb
+    amax = jnp.maximum(jnp.max(jnp.abs(xm)), jnp.ones((), dt))
+    unsafe = const + 2.0 * nf * jnp.log(amax) > log_max
+    radius = jnp.exp((log_max - const) / (2.0 * nf))
+    return jnp.where(unsafe, jnp.minimum(radius / amax, jnp.ones((), dt)), jnp.ones((), dt))
+
+
+@jax.custom_jvp
+def _perm_core(xm: Array, n: Array) -> Array:
+    return _perm_value(xm, n)
+
+
+@_perm_core.defjvp
+def _perm_core_jvp(primals: tuple[Array, Array], tangents: tuple[Array, Array]):
+    xm, n = primals
+    dx = tangents[0]
+    size = xm.shape[0]
+    dt = xm.dtype
+    idx = jnp.arange(size, dtype=jnp.int32)
+    mask = idx < n
+    value = _perm_value(xm, n)
+    # analytic gradient  ∂f/∂x_k = (k+β) Σ_i 2 S_i i x_k^{i-1}, taken at the point shrunk
+    # into the overflow-safe region (scale = 1 almost always) and scaled by the chain rule
+    scale = _perm_safe_scale(xm, n)
+    inner, powers = _perm_inner(xm * scale, n, mask)
+    prev = jnp.concatenate([jnp.ones((1, size), dt), powers[:-1]], axis=0)  # x_k^{i-1}
+    weights = jnp.where(mask, 2.0 * inner * (idx + 1).astype(dt), _zero(xm))
+    coef = jnp.where(mask, (idx + 1).astype(dt) + PERM_BETA, _zero(xm))
+    grad = scale * coef * jnp.matmul(weights, prev, precision=_HIGHEST)
+    return value, jnp.sum(jnp.where(mask, grad * dx, _zero(xm)))
 
 
 @_canonical
@@ -337,35 +387,23 @@ def perm(x: Array, n: IntLike | None = None) -> Array:
     .. math::
         f(x) = \sum_{i=1}^{n} \Big( \sum_{j=1}^{n} (j + \beta) (x_j^i - j^{-i}) \Big)^2.
 
-    Minimum 0 at :math:`x_j = 1/j`. Domain [-n, n].
+    Minimum 0 at :math:`x_j = 1/j`. Domain [-n, n]. Powers are formed by square-and-multiply
+    (exact signs for negative x); the cost is O(N² log N) time and O(N²) memory.
 
-    **Overflow.** The definition is kept faithful, but ``x_j^i`` with i up to n overflows for
-    moderately large n (in float32, already for n ≳ 25–30 from a random start in [-n, n];
-    float64 lasts longer). Where the value overflows, ``perm`` returns ``+inf``, never NaN.
-    The gradient is always finite: when a conservative bound says the value or its gradient
-    might overflow (roughly ``n² (n+β)^3 · max|x|^{2n}`` near the dtype's max), the gradient is
-    that of the function at the point scaled towards 0 until the bound holds (a finite
-    surrogate pointing uphill), while the value stays the faithful one (possibly ``+inf``).
-    This also keeps ``jax.lax.switch`` under ``vmap`` (which evaluates every branch) free of
-    NaN gradients when perm's branch sees another problem's large coordinates. The cost is
-    O(N²) time and memory.
+    **Overflow.** The definition is kept faithful, but the terms grow like ``(n·n^n)^2`` on
+    the domain: from a uniform random start in [-n, n] the value overflows in float32 for
+    n ≳ 16 and in float64 for n ≳ 80–100 (measured). Where it overflows, ``perm`` returns
+    ``+inf``, never NaN.
+    The gradient (a custom JVP with the analytic formula) is always finite: when a
+    conservative bound says the value or its gradient might overflow (roughly
+    ``n² (n+β)³ max|x|^{2n}`` near the dtype's max), the gradient is that of the function at
+    the point shrunk towards 0 until the bound holds (a finite surrogate pointing uphill),
+    while the value stays the faithful one (possibly ``+inf``). This also keeps
+    ``jax.lax.switch`` under ``vmap`` (which evaluates every branch) free of NaN gradients
+    when perm's branch sees another problem's large coordinates.
     """
-    xm, n, _, mask, nf = _prep(x, n)
-    dt = xm.dtype
-    beta = PERM_BETA
-    log_max = float(np.log(np.finfo(dt).max)) - 2.0
-    logn = jnp.log(nf)
-    lognb = jnp.log(nf + beta)
-    # log of a bound on f (n (2 n (n+β) A^n)^2) times a bound on the gradient/value ratio
-    const = logn + 2.0 * (math.log(2.0) + logn + lognb) + math.log(2.0) + 2.0 * logn + lognb
-    amax = jnp.maximum(jnp.max(jnp.abs(jax.lax.stop_gradient(xm))), jnp.ones((), dt))
-    unsafe = const + 2.0 * nf * jnp.log(amax) > log_max
-    radius = jnp.exp((log_max - const) / (2.0 * nf))
-    scale = jnp.where(unsafe, jnp.minimum(radius / amax, jnp.ones((), dt)), jnp.ones((), dt))
-    surrogate = _perm_raw(xm * jax.lax.stop_gradient(scale), n, mask, beta)
-    exact = _perm_raw(jax.lax.stop_gradient(xm), n, mask, beta)
-    zero_with_grad = surrogate - jax.lax.stop_gradient(surrogate)
-    return jnp.where(unsafe, exact + zero_with_grad, surrogate)
+    xm, n, _, _, _ = _prep(x, n)
+    return _perm_core(xm, n)
 
 
 # ----------------------------------------------------------------------------------------
@@ -629,6 +667,7 @@ class Problem(eqx.Module):
         return jnp.arange(self.size, dtype=jnp.int32) < self.n
 
     def __call__(self, x: Array) -> Array:
+        """The objective at ``x`` (shape (N,)); see the class docstring."""
         # a concrete func_id dispatches statically (no switch); a traced one uses lax.switch
         return _problem_value(self, jnp.asarray(x), _concrete_int(self.func_id))
 
@@ -657,7 +696,9 @@ def _problem_value(problem: Problem, x: Array, static_id: int | None) -> Array:
     func_id = problem.func_id if static_id is None else static_id
     x_c = _canonical_minimizer(problem.func_id, problem.size, problem.mask, problem.dtype)
     # HIGHEST: no TF32 on GPUs, the rotated problems must stay accurate to ~1 ulp
-    z = x_c + jnp.matmul(problem.rotation, x - problem.x_opt, precision=_HIGHEST)
+    # padding is zeroed first so that even non-finite junk there cannot leak through R
+    d = jnp.where(problem.mask, x - problem.x_opt, jnp.zeros((), x.dtype))
+    z = x_c + jnp.matmul(problem.rotation, d, precision=_HIGHEST)
     f_min = jnp.asarray(_F_MIN_TABLE, dtype=z.dtype)[problem.func_id]
     return problem.f_scale * (evaluate(func_id, z, problem.n) - f_min)
 
@@ -737,8 +778,8 @@ def sample_problem(
     - function: uniform over ``names``;
     - dimension: log-uniform in [n_min, n_max], rounded; for powell rounded down to a multiple
       of 4 (at least 4, at least the smallest multiple of 4 >= n_min); for perm clamped to at
-      most ``max(PERM_MAX_TRAIN_DIM, n_min)`` = 8 by default, because Perm overflows for larger
-      n and would only produce +inf;
+      most ``max(PERM_MAX_TRAIN_DIM, n_min)`` = 8 by default, because Perm's values explode
+      with n (+inf in float32 from n ≈ 16) and would swamp or poison the meta-loss;
     - variant: uniform over ``variants`` (optimum anywhere in the box and a Haar rotation of
       the valid block for "transformed");
     - f_scale = 10^U(log_scale_range).

@@ -8,9 +8,13 @@ the same function object and shapes reuses the compiled loop. For a NumPy object
 given) the same jitted step runs in a host loop.
 
 Bounds: with ``bounds=(lo, hi)`` the optimizer works in box-normalised coordinates
-:math:`z \in [-1, 1]^n`, :math:`x = \mathrm{clip}(c + h z, lo, hi)` with centre :math:`c` and
-half-width :math:`h`; the objective is only ever evaluated inside the box. All learned methods
-were meta-trained in such coordinates, so passing the box of the problem is recommended.
+:math:`z \in [-1, 1]^n`, :math:`x = c + h z` with centre :math:`c` and half-width :math:`h`,
+and the objective is only ever evaluated inside the box. First-order and learned methods are
+*projected*: after every update the iterate is clipped back into :math:`[-1, 1]^n` (projected
+gradient steps). Line-search methods (BFGS, L-BFGS) instead see the clipped objective
+:math:`f(\mathrm{clip}(c + h z, lo, hi))`, whose gradient is zero in the clipped coordinates
+(a coordinate pushed past a bound stays there). All learned methods were meta-trained in
+box-normalised coordinates, so passing the box of the problem is recommended.
 """
 
 from __future__ import annotations
@@ -60,8 +64,11 @@ def _init_carry(opt: Optimizer, z0: jax.Array, steps: int, key, max_evals) -> Ca
     )
 
 
-def _step(opt: Optimizer, carry: Carry, f, g, steps: int, max_evals, gtol) -> Carry:
-    """Account for one evaluation ``(f, g)`` at ``carry.state.x`` and advance the optimizer."""
+def _step(
+    opt: Optimizer, carry: Carry, f, g, steps: int, max_evals, gtol, project: bool = False
+) -> Carry:
+    """Account for one evaluation ``(f, g)`` at ``carry.state.x`` and advance the optimizer;
+    with ``project`` the next iterate is clipped into the unit box."""
     state = carry.state
     dtype = carry.best_f.dtype
     f = jnp.asarray(f, dtype)
@@ -85,6 +92,8 @@ def _step(opt: Optimizer, carry: Carry, f, g, steps: int, max_evals, gtol) -> Ca
         new_state = opt.update(state, f, g)
         keep = ~finite
     new_state = jax.tree.map(lambda old, new: jnp.where(keep, old, new), state, new_state)
+    if project:
+        new_state = eqx.tree_at(lambda s: s.x, new_state, jnp.clip(new_state.x, -1, 1))
     advanced = new_state.nit > state.nit
     hist = jnp.where(advanced, hist.at[jnp.minimum(new_state.nit, steps)].set(best_f), hist)
 
@@ -120,15 +129,31 @@ class _Box(eqx.Module):
         c, h = 0.5 * (self.hi + self.lo), 0.5 * (self.hi - self.lo)
         return jnp.clip(c + h * z, self.lo, self.hi)
 
+    def affine(self, z):
+        """``c + h z`` without clipping: for projected methods, whose ``z`` stays in the box."""
+        return 0.5 * (self.hi + self.lo) + 0.5 * (self.hi - self.lo) * z
+
     def to_z(self, x):
         c, h = 0.5 * (self.hi + self.lo), 0.5 * (self.hi - self.lo)
         return (jnp.clip(x, self.lo, self.hi) - c) / h
 
-    def grad_z(self, x, gx):
-        """Chain rule through the clip: zero where a coordinate sits at its bound."""
+    def grad_z(self, x, gx, projected: bool):
+        """Chain rule; through the clip (zero where a coordinate sits at its bound) unless the
+        method is projected."""
         h = 0.5 * (self.hi - self.lo)
+        if projected:
+            return gx * h
         inside = (x > self.lo) & (x < self.hi)
         return jnp.where(inside, gx * h, 0)
+
+
+def _to_x_map(box: _Box | None, opt: Optimizer):
+    """Map from optimizer coordinates to ``x`` and whether iterates are projected."""
+    if box is None:
+        return (lambda z: z), False
+    if opt.uses_line_search:
+        return box.to_x, False
+    return box.affine, True
 
 
 def _build(method, options, params, dyn_options=None):
@@ -152,7 +177,7 @@ def _solve_jax_impl(
     fun = eqx.combine(fun_dyn, fun_static)
     opt = _build(method, options, params, dyn_options)
     x0, unravel = ravel_pytree(x0_tree)
-    to_x = (lambda z: z) if box is None else box.to_x
+    to_x, project = _to_x_map(box, opt)
     z0 = x0 if box is None else box.to_z(x0)
 
     def objective(z):
@@ -162,7 +187,7 @@ def _solve_jax_impl(
 
     def body(carry):
         f, g = vg(carry.state.x)
-        return _step(opt, carry, f, g, steps, max_evals, gtol)
+        return _step(opt, carry, f, g, steps, max_evals, gtol, project)
 
     carry = jax.lax.while_loop(
         lambda c: c.status == RUNNING, body, _init_carry(opt, z0, steps, key, max_evals)
@@ -182,10 +207,10 @@ def _host_init(method, options, steps, max_evals, dyn_options, params, z0, key):
     return _init_carry(_build(method, options, params, dyn_options), z0, steps, key, max_evals)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "options", "steps", "max_evals"))
-def _host_step(method, options, steps, max_evals, dyn_options, params, carry, f, g, gtol):
+@functools.partial(jax.jit, static_argnames=("method", "options", "steps", "max_evals", "project"))
+def _host_step(method, options, steps, max_evals, project, dyn_options, params, carry, f, g, gtol):
     opt = _build(method, options, params, dyn_options)
-    return _step(opt, carry, f, g, steps, max_evals, gtol)
+    return _step(opt, carry, f, g, steps, max_evals, gtol, project)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +437,7 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
     dtype = x0_flat.dtype
     shape = np.shape(x0_tree) if isinstance(x0_tree, jax.Array) else None
     z0 = x0_flat if box is None else box.to_z(x0_flat)
-    to_x = (lambda z: z) if box is None else box.to_x
+    to_x, project = _to_x_map(box, _build(common["method"], common["options"], common["params"]))
     if jac is None:
         vg_jax = jax.jit(jax.value_and_grad(lambda z: fun(unravel(to_x(z)))))
 
@@ -444,7 +469,7 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
                 )
             g = jnp.asarray(grad.reshape(-1), dtype)
             if box is not None:
-                g = box.grad_z(x, g)
+                g = box.grad_z(x, g, project)
             return jnp.asarray(float(val.reshape(())), dtype), g
 
     params = common["params"]
@@ -464,6 +489,7 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
             f=f,
             g=g,
             max_evals=max_evals,
+            project=project,
             gtol=gtol_a,
             **static,
         )

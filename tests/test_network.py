@@ -153,28 +153,10 @@ def test_features_are_rms_normalised_and_finite():
     np.testing.assert_array_equal(feats[9:], 0.0)
 
 
-def test_untrained_network_starts_as_adam_like_descent():
-    """The skip connection makes an untrained net a sensible descent method."""
+def test_untrained_network_is_a_sensible_descent_method():
+    """Initialised as an L-BFGS-like method (gate lam = 1, tiny Adam-like term): an untrained
+    net already solves a quadratic."""
     net = _net("optimus")
     x0 = jnp.full((5,), 0.8)
-    state = _run(net, x0, 20, fun=lambda x: jnp.sum(x**2))
-    assert float(jnp.sum(state.x**2)) < 0.5 * float(jnp.sum(x0**2))
-
-
-def test_lbfgs_direction_secant_condition_and_empty_memory():
-    with jax.enable_x64(True):
-        n = 6
-        A = jnp.diag(jnp.arange(1.0, n + 1.0))
-        key = jax.random.key(9)
-        acc = F.init_accumulators(jnp.zeros(n))
-        g = jax.random.normal(key, (n,))
-        np.testing.assert_array_equal(F.lbfgs_direction(g, acc.S, acc.Y), 0.0)  # no pairs
-        for i in range(3):
-            s = jax.random.normal(jax.random.fold_in(key, i), (n,))
-            acc = F.update_accumulators(acc, g, s, A @ s)
-        # the newest pair satisfies the secant equation H y = s exactly
-        s0, y0 = acc.S[0], acc.Y[0]
-        np.testing.assert_allclose(F.lbfgs_direction(y0, acc.S, acc.Y), s0, rtol=1e-10)
-        # a pair with negative curvature is not stored
-        acc2 = F.update_accumulators(acc, g, s0, -y0)
-        np.testing.assert_array_equal(acc2.S, acc.S)
+    state = _run(net, x0, 20, fun=lambda x: jnp.sum(jnp.arange(1.0, 6.0) * x**2))
+    assert float(jnp.sum(state.x**2)) < 1e-6 * float(jnp.sum(x0**2))

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench train clean
+.PHONY: demo test lint format bench targets throughput pretrained clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,24 @@ test: $(STAMP) lint
 
 demo: $(STAMP)
 	$(BIN)/optimus bench --quick --out bench_results/quick
+
+# the full protocol of the spec (about 2 hours on 2 CPU cores)
+bench: $(STAMP)
+	$(BIN)/optimus bench --out bench_results/full
+
+# the evaluation behind the README's issue-target numbers (about 30 minutes on 2 CPU cores)
+targets: $(STAMP)
+	$(BIN)/optimus bench --variants transformed,offcentre --dims 2,10,30,100,300 --out bench_results/targets
+	$(BIN)/optimus bench --variants canonical --dims 100 --out bench_results/canonical100
+	$(BIN)/optimus bench --variants transformed --dims 1000 --seeds 3 --tune-seeds 1 \
+		--functions sphere,quadratic,rosenbrock,rastrigin,levy,ackley --out bench_results/n1000
+
+throughput: $(STAMP)
+	$(BIN)/optimus throughput --out bench_results
+
+# re-train the three shipped models (about 30 minutes on 2 CPU cores; resumable)
+pretrained: $(STAMP)
+	scripts/train_pretrained.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

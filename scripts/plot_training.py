@@ -1,0 +1,46 @@
+"""Plot meta-training curves (train and validation meta-loss) of the shipped models.
+
+Usage: python scripts/plot_training.py [bench_results/training]
+Reads NAME-log.csv files (copied from runs/NAME/log.csv) and writes training.png beside them.
+"""
+
+import csv
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(folder: str = "bench_results/training") -> Path:
+    folder = Path(folder)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for path in sorted(folder.glob("*-log.csv")):
+        name = path.name[: -len("-log.csv")]
+        with path.open() as fh:
+            rows = list(csv.DictReader(fh))
+        steps = [int(r["step"]) for r in rows]
+        loss = [float(r["loss"]) for r in rows]
+        k = 50  # moving average of the (noisy) PES training loss
+        smooth = [sum(loss[max(0, i - k + 1) : i + 1]) / len(loss[max(0, i - k + 1) : i + 1])
+                  for i in range(len(loss))]
+        ax1.plot(steps, smooth, label=name)
+        val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
+        ax2.plot(*zip(*val, strict=True), marker="o", ms=3, label=name)
+    ax1.set(xlabel="outer step", ylabel="truncation meta-loss (50-step mean)",
+            title="PES training loss")
+    ax2.set(xlabel="outer step", ylabel="mean log10 f_t/f_0 over 100 steps",
+            title="validation meta-loss (128 fixed problems)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out = folder / "training.png"
+    fig.savefig(out, dpi=110)
+    return out
+
+
+if __name__ == "__main__":
+    print(main(*sys.argv[1:]))

@@ -24,15 +24,21 @@ def main(folder: str = "bench_results/training") -> Path:
         steps = [int(r["step"]) for r in rows]
         loss = [float(r["loss"]) for r in rows]
         k = 50  # moving average of the (noisy) PES training loss
-        smooth = [sum(loss[max(0, i - k + 1) : i + 1]) / len(loss[max(0, i - k + 1) : i + 1])
-                  for i in range(len(loss))]
+        smooth = [
+            sum(loss[max(0, i - k + 1) : i + 1]) / len(loss[max(0, i - k + 1) : i + 1])
+            for i in range(len(loss))
+        ]
         ax1.plot(steps, smooth, label=name)
         val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
         ax2.plot(*zip(*val, strict=True), marker="o", ms=3, label=name)
-    ax1.set(xlabel="outer step", ylabel="truncation meta-loss (50-step mean)",
-            title="PES training loss")
-    ax2.set(xlabel="outer step", ylabel="mean log10 f_t/f_0 over 100 steps",
-            title="validation meta-loss (128 fixed problems)")
+    ax1.set(
+        xlabel="outer step", ylabel="truncation meta-loss (50-step mean)", title="PES training loss"
+    )
+    ax2.set(
+        xlabel="outer step",
+        ylabel="mean log10 f_t/f_0 over 100 steps",
+        title="validation meta-loss (128 fixed problems)",
+    )
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()

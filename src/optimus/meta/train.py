@@ -333,7 +333,15 @@ def _git_commit() -> str:
             timeout=5,
             cwd=Path(__file__).parent,
         )
-        return out.stdout.strip() or "unknown"
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -134,6 +134,18 @@ def _cos(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.vdot(a, b) / jnp.sqrt(jnp.vdot(a, a) * jnp.vdot(b, b) + tiny)
 
 
+def reference_length(g: jax.Array, s: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
+    r"""RMS length of the Barzilai–Borwein step, :math:`\ell = \mathrm{rms}(g)\,|s^\top y| /
+    y^\top y`, in coordinate units and invariant to :math:`f \to c f`; it shrinks with the
+    gradient as the iterate converges. Before any gradient change is seen (:math:`y = 0`),
+    :math:`\ell = 1` (the half-width of the unit box)."""
+    n = jnp.maximum(jnp.sum(mask), 1).astype(g.dtype)
+    yy = jnp.vdot(y, y)
+    ok = yy > 0
+    bb = jnp.sqrt(jnp.vdot(g, g) / n) * jnp.abs(jnp.vdot(s, y)) / jnp.where(ok, yy, 1.0)
+    return jnp.where(ok, bb, 1.0)
+
+
 def coordinate_features(
     g: jax.Array,
     acc: Accumulators,

@@ -8,7 +8,7 @@ normalisation and the global features; the global log step :math:`\sigma` and th
 quasi-Newton gate :math:`\lambda` are linear functions of the global features alone. It gets
 the same features as Optimus (so the comparison isolates attention and the preconditioner).
 No attention, no preconditioner: :math:`x_{t+1} = x_t - (a \odot d + \lambda q)` with
-:math:`a_i = \exp(c_1 \mu_i + \sigma)`.
+:math:`a_i = \exp(c_1 \mu_i + \sigma)\,\ell` (:math:`\ell` the Barzilai–Borwein step length).
 """
 
 from __future__ import annotations

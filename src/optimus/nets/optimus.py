@@ -16,7 +16,8 @@ Given per-coordinate features :math:`\phi_t \in \mathbb{R}^{n\times F}` and glob
   :math:`d_i` (plus a linear skip initialised to the Adam direction
   :math:`m^{(0.9)} / \sqrt{v^{(0.999)}}`) and a log-magnitude :math:`\mu_i`; a global log step
   length :math:`\sigma` comes from the pooled tokens. The step size is
-  :math:`a_i = \exp(c_1 \mu_i + \sigma)`;
+  :math:`a_i = \exp(c_1 \mu_i + \sigma)\,\ell` with :math:`\ell` the Barzilai–Borwein
+  step length (1 before the first gradient change);
 * quasi-Newton gate (ours): a global :math:`\lambda = 2\,\mathrm{sigmoid}(\cdot) \in (0, 2)`
   from the pooled tokens weighs the L-BFGS step :math:`q = H_t g_t` of the features, so the
   network can take (damped) quasi-Newton steps where they pay;
@@ -40,12 +41,14 @@ from optimus.nets.features import N_COORD_FEATURES, N_GLOBAL_FEATURES, masked_me
 
 ADAM_CHANNEL = 5  # m(0.9) * rsqrt(r): the Adam direction, see features.coordinate_features
 MAG_SCALE = 0.1  # c1 in a = exp(c1 * mu + sigma)
-# Initialisation of the step branch (an ablation on the validation set of configs/optimus.toml,
-# mean log10 improvement over 100 steps, untrained network: Adam-like steps of RMS 0.03 with
-# lam ~ 0.54: -1.87; lam = 1 with Adam-like RMS 1e-3: -3.13, 1e-4: -3.54, 1e-5: -4.09): the
-# network starts as an L-BFGS-like method without line search, bootstrapped by a tiny first
-# step, and meta-training learns where to depart from it.
-INIT_LOG_STEP = float(jnp.log(1e-5))  # initial RMS of the Adam-like term (box coordinates)
+# Initialisation of the step branch. Ablation on the validation set of configs/optimus.toml
+# (mean log10 improvement over 100 steps, untrained network): with an absolute step scale,
+# Adam-like steps of RMS 0.03 and lam ~ 0.54: -1.87; lam = 1 and Adam-like RMS 1e-3: -3.13,
+# 1e-4: -3.54, 1e-5: -4.09. With the Adam-like term relative to the Barzilai-Borwein length
+# (features.reference_length) and lam = 1: exp(sigma) = 0.3: -3.35, 0.1: -3.86, 0.01: -4.06,
+# 1e-5: -4.36. The network starts as an L-BFGS-like method without line search, bootstrapped
+# by a tiny first step, and meta-training learns where to depart from it.
+INIT_LOG_STEP = float(jnp.log(1e-5))  # initial Adam-like step, in units of the BB length
 INIT_LAM = 0.0  # initial quasi-Newton gate logit: lam = 2 sigmoid(0) = 1
 
 

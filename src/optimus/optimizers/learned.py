@@ -9,7 +9,10 @@ One iteration, given :math:`f_t = f(x_t)` and :math:`g_t = \nabla f(x_t)`:
    :math:`\sigma`, rank-one vector :math:`u`, damping :math:`\rho`;
 3. preconditioner (Optimus only): :math:`B_{t+1} = \rho B_t + (1-\rho) I + u u^\top`;
 4. step: :math:`x_{t+1} = x_t - B_{t+1} (a \odot d + \lambda q)` with
-   :math:`a = \exp(c_1\mu + \sigma)` and the quasi-Newton gate :math:`\lambda \in (0, 2)`.
+   :math:`a = \exp(c_1\mu + \sigma)\,\ell` and the quasi-Newton gate
+   :math:`\lambda \in (0, 2)`; :math:`\ell` is the RMS length of the Barzilai–Borwein step
+   (:func:`optimus.nets.features.reference_length`), so the Adam-like term is a learned
+   fraction of a secant step length and vanishes as the iterate converges.
 
 Safeguard: a non-finite proposed step is replaced by no step, :math:`B` is reset to the
 identity and ``n_fallback`` counts it.
@@ -96,7 +99,9 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
     feats = F.coordinate_features(g, acc, s, y, By, dx, q, mask)
     glob = F.global_features(state.t, value, f_prev, f0, g, g_prev, s, y, dx, q, mask)
     out = net(feats, glob, mask)
-    a = jnp.exp(jnp.clip(MAG_SCALE * out.mu + out.sigma, -30.0, 10.0))
+    a = jnp.exp(jnp.clip(MAG_SCALE * out.mu + out.sigma, -30.0, 10.0)) * F.reference_length(
+        g, s, y, mask
+    )
     raw = (a * out.d + out.lam * q).astype(dtype)
     if state.B is None:
         B_new = None

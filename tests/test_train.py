@@ -31,11 +31,11 @@ horizon = 10
 num_pairs = 4
 truncation = 5
 [outer]
-steps = 24
+steps = 300
 warmup_steps = 3
 [run]
 checkpoint_every = 4
-eval_every = 6
+eval_every = 50
 eval_tasks = 4
 """
 
@@ -104,7 +104,7 @@ def test_sigkill_then_resume_is_identical_to_an_uninterrupted_run(tmp_path, tiny
     ck = ckpt.latest_checkpoint(killed / "checkpoints")
     ck_step = int(ck.name.split("_")[1])
     rows_before = len(_losses(killed))
-    assert 8 <= ck_step < 24 and rows_before >= ck_step  # nothing before the checkpoint lost
+    assert 8 <= ck_step < 300 and rows_before >= ck_step  # nothing before the checkpoint lost
 
     p = _cli("train", "--config", str(tiny_config), "--out", str(killed), "--resume", "--quiet")
     assert p.wait(timeout=600) == 0, p.stderr.read()

@@ -325,22 +325,17 @@ LOG_FIELDS = ["step", "loss", "grad_norm", "skipped", "val_loss", "lr", "wall_s"
 
 
 def _git_commit() -> str:
-    try:
+    """Short commit of the code, with ``-dirty`` when tracked files have uncommitted changes."""
+
+    def git(*args: str) -> str:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
         )
-        commit = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
+        return out.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no")
         return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -95,11 +95,17 @@ def plot_objective_vs_dim(results: BenchResults, path: Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(funcs) :]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), frameon=False)
-    fig.suptitle(
+    title = (
         f"Mean final log10 objective vs dimension ({variant}, {results.config.steps} evaluations)"
     )
+    return _save_panels(plt, fig, axes, title, path)
+
+
+def _save_panels(plt, fig, axes, title: str, path: Path) -> Path:
+    """Shared legend below a grid of panels, a title, and the PNG written and closed."""
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), frameon=False)
+    fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -132,13 +138,8 @@ def plot_curves(results: BenchResults, path: Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(funcs) :]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), frameon=False)
-    fig.suptitle(f"Median best objective vs evaluations ({variant}, largest dimension)")
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    title = f"Median best objective vs evaluations ({variant}, largest dimension)"
+    return _save_panels(plt, fig, axes, title, path)
 
 
 def plot_walltime(results: BenchResults, path: Path) -> Path:

@@ -6,11 +6,18 @@ Public API::
     optimus.methods()                                            -> available method names
     optimus.load_pretrained(name), optimus.save_params / load_params
     optimus.functions                                            -> benchmark test functions
+    optimus.optax.optimus(...)      -> optax transformation, a drop-in for optax.lbfgs
+    optimus.scipy_method            -> scipy.optimize.minimize(..., method=optimus.scipy_method)
+    optimus.OptimusMinimiser(...)   -> optimistix.minimise(fn, OptimusMinimiser(), y0)
+                                       (imports optimistix only when first used)
 """
 
 from __future__ import annotations
 
-from optimus import functions
+from typing import Any
+
+from optimus import functions, optax
+from optimus.interop.scipy import scipy_method
 from optimus.optimizers import METHODS, Optimizer, get_optimizer
 from optimus.pretrained import load_pretrained
 from optimus.result import OptimizeResult, Status
@@ -29,10 +36,28 @@ __all__ = [
     "load_pretrained",
     "methods",
     "minimize",
+    "optax",
     "save_params",
+    "scipy_method",
 ]
 
 
 def methods() -> tuple[str, ...]:
     """Names accepted by ``minimize(method=...)``."""
     return METHODS
+
+
+def __getattr__(name: str) -> Any:
+    # optimistix is an optional dependency: import it only when OptimusMinimiser is used
+    if name == "OptimusMinimiser":
+        try:
+            from optimus.interop.optimistix import OptimusMinimiser
+        except ModuleNotFoundError as e:
+            if e.name not in ("optimistix", "lineax"):
+                raise
+            raise ImportError(
+                "optimus.OptimusMinimiser needs the optional dependency optimistix: "
+                "pip install 'optimus-lopt[optimistix]'"
+            ) from e
+        return OptimusMinimiser
+    raise AttributeError(f"module 'optimus' has no attribute {name!r}")

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from optimus import functions as fn
-from optimus.optimizers.learned import LearnedState, learned_init, learned_update
+from optimus.optimizers.acceptance import AcceptState
+from optimus.optimizers.learned import LearnedState, model_init, model_update
 
 LOSS_MIN = -12.0
 LOSS_MAX = 2.0
@@ -70,7 +71,7 @@ class InnerState(eqx.Module):
     """One particle: a problem, the optimizer's state on it, and the steps left."""
 
     problem: fn.Problem
-    opt: LearnedState
+    opt: LearnedState | AcceptState  # AcceptState when the network is ``monotone``
     remaining: jax.Array  # inner steps left on this problem
     f0: jax.Array
 
@@ -109,7 +110,7 @@ class TruncatedTask(eqx.Module):
         remaining = jax.random.randint(kr, (), 1, T + 1) if stagger else jnp.asarray(T)
         return InnerState(
             problem=problem,
-            opt=learned_init(self.net(theta), z0, mask),
+            opt=model_init(self.net(theta), z0, mask),
             remaining=remaining.astype(jnp.int32),
             f0=jnp.zeros((), z0.dtype),
         )
@@ -134,8 +135,11 @@ class TruncatedTask(eqx.Module):
             f, g = jax.value_and_grad(objective)(s.opt.x)
             f0 = jnp.where(s.opt.t == 0, f, s.f0)
             loss = self.step_loss(f, f0)
-            g = jnp.where(jnp.isfinite(g), g, 0.0)
-            opt = learned_update(net, s.opt, jnp.where(jnp.isfinite(f), f, f0), g)
+            if isinstance(s.opt, AcceptState):  # the acceptance layer rejects non-finite points
+                opt = model_update(net, s.opt, f, g)
+            else:
+                g = jnp.where(jnp.isfinite(g), g, 0.0)
+                opt = model_update(net, s.opt, jnp.where(jnp.isfinite(f), f, f0), g)
             s = InnerState(problem=s.problem, opt=opt, remaining=s.remaining - 1, f0=f0)
             done = s.remaining <= 0
             s = jax.tree.map(lambda a, b: jnp.where(done, b, a), s, next_state)

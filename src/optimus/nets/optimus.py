@@ -63,6 +63,10 @@ class NetConfig:
     mlp_ratio: int = 2
     hidden: int = 32
     precondition: bool = True
+    # step acceptance with backtracking (optimus.optimizers.acceptance); False: the paper's
+    # rule of moving to every proposed point. Part of the model: a network trained with it
+    # is run with it.
+    monotone: bool = False
 
     def __post_init__(self):
         if self.kind not in ("optimus", "mlp"):

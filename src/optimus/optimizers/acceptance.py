@@ -1,0 +1,120 @@
+r"""Step acceptance with backtracking, a layer around any one-evaluation-per-step optimizer.
+
+The paper's Optimus moves to every point the network proposes. Near a minimum with
+rapidly changing curvature (Griewank's ripples, the valley of Rosenbrock) a secant-based
+step can overshoot into a region with a much larger objective, and the optimizer then
+loses many evaluations climbing back. This layer adds the classical remedy while leaving
+the step itself to the network.
+
+Let :math:`x_b` be the best *accepted* point and :math:`f_b = f(x_b)`. After evaluating a
+trial point :math:`x` with value :math:`f` and gradient :math:`g`:
+
+* **accept** when :math:`f` and :math:`g` are finite and :math:`f \le f_b`, or during the
+  first ``warmup`` accepted steps (the first learned step is a tiny probe whose only job is
+  to produce a secant pair, so it must not be judged by its objective): the inner
+  optimizer is updated with :math:`(f, g)` and proposes the next trial point;
+  :math:`x_b \leftarrow x`;
+* **reject** otherwise (an increase, or a non-finite value or gradient): the inner state
+  is left untouched, except that its next trial point is pulled back towards the best
+  point, :math:`x \leftarrow x_b + \beta\,(x - x_b)` with :math:`\beta = 1/2`. The
+  following evaluation therefore retries the same direction with half the step, and the
+  secant pair the inner optimizer sees next, :math:`(x - x_b,\ g(x) - g(x_b))`, is exact.
+
+Every evaluation, accepted or not, costs one evaluation of the budget, so comparisons at
+equal numbers of evaluations stay fair. The objective values of the accepted points never
+increase after the warm-up. ``n_reject`` counts the rejected trial points.
+
+The layer is part of a learned optimizer's definition (``NetConfig.monotone``): a network
+meta-trained with it is run with it, since it learns to propose steps for this rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+BACKTRACK = 0.5  # beta: a rejected trial point is pulled half-way back to the best point
+WARMUP = 2  # accepted steps that are never judged (the initial point and the first probe)
+
+
+class AcceptState(eqx.Module):
+    """State of the acceptance layer: the inner optimizer's state plus the best point."""
+
+    inner: Any  # state of the wrapped optimizer (its ``x`` is the next trial point)
+    x_best: jax.Array
+    f_best: jax.Array
+    n_reject: jax.Array
+
+    @property
+    def x(self) -> jax.Array:
+        return self.inner.x
+
+    @property
+    def t(self) -> jax.Array:
+        return self.inner.t
+
+    @property
+    def nit(self) -> jax.Array:
+        return self.inner.nit
+
+    @property
+    def failed(self) -> jax.Array:
+        return self.inner.failed
+
+    @property
+    def n_fallback(self) -> jax.Array:
+        return getattr(self.inner, "n_fallback", jnp.zeros((), jnp.int32))
+
+    @property
+    def B(self) -> jax.Array | None:
+        return getattr(self.inner, "B", None)
+
+
+def accept_init(inner: Any) -> AcceptState:
+    """Wrap the initial state of the inner optimizer (whose ``x`` is the starting point)."""
+    x = inner.x
+    return AcceptState(
+        inner=inner,
+        x_best=x,
+        f_best=jnp.asarray(jnp.inf, x.dtype),
+        n_reject=jnp.zeros((), jnp.int32),
+    )
+
+
+def accept_update(
+    update: Callable[[Any, jax.Array, jax.Array], Any],
+    state: AcceptState,
+    value: jax.Array,
+    grad: jax.Array,
+    *,
+    steps_taken: jax.Array | None = None,
+) -> AcceptState:
+    """Judge the trial point ``state.x`` given ``value = f(state.x)`` and ``grad``.
+
+    ``update(inner, value, grad)`` is the inner optimizer's update. ``steps_taken`` is the
+    number of accepted steps so far (default ``state.inner.t``), used for the warm-up.
+    """
+    x = state.x
+    dtype = x.dtype
+    value = jnp.asarray(value, dtype)
+    finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+    t = state.inner.t if steps_taken is None else steps_taken
+    accept = finite & ((value <= state.f_best) | (t < WARMUP))
+    # The inner update runs on sanitised inputs either way (its result is discarded on
+    # rejection), so that no NaN is ever computed inside a jitted or differentiated loop.
+    safe_value = jnp.where(finite, value, 0).astype(dtype)
+    safe_grad = jnp.where(finite, grad, 0).astype(grad.dtype)
+    accepted = update(state.inner, safe_value, safe_grad)
+    pulled = state.x_best + jnp.asarray(BACKTRACK, dtype) * (x - state.x_best)
+    rejected = eqx.tree_at(lambda s: s.x, state.inner, pulled)
+    inner = jax.tree.map(lambda a, r: jnp.where(accept, a, r), accepted, rejected)
+    return AcceptState(
+        inner=inner,
+        x_best=jnp.where(accept, x, state.x_best),
+        f_best=jnp.where(accept, value, state.f_best),
+        n_reject=state.n_reject + (~accept).astype(jnp.int32),
+    )

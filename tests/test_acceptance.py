@@ -1,0 +1,146 @@
+"""The step-acceptance layer (optimus.optimizers.acceptance) and learned models that use it."""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optimus
+from optimus import functions as fn
+from optimus.nets import build_net
+from optimus.nets.optimus import NetConfig
+from optimus.optimizers.acceptance import BACKTRACK, WARMUP, AcceptState, accept_init, accept_update
+from optimus.optimizers.learned import learned, learned_init, learned_update, model_init
+
+
+class GD(eqx.Module):
+    """A fixed-step gradient descent in reverse-communication form (the inner optimizer)."""
+
+    x: jax.Array
+    t: jax.Array
+    nit: jax.Array
+    failed: jax.Array
+
+
+def gd_init(x0):
+    z = jnp.zeros((), jnp.int32)
+    return GD(x=x0, t=z, nit=z, failed=jnp.zeros((), bool))
+
+
+def gd_update(lr):
+    def update(s, value, grad):
+        del value
+        return GD(x=s.x - lr * grad, t=s.t + 1, nit=s.nit + 1, failed=s.failed)
+
+    return update
+
+
+def drive(update, state, f, steps):
+    """Run ``steps`` evaluations; return the trial points, their values and the states."""
+    xs, fs, states = [], [], []
+    for _ in range(steps):
+        v, g = jax.value_and_grad(f)(state.x)
+        xs.append(np.asarray(state.x))
+        fs.append(float(v))
+        state = accept_update(update, state, v, g)
+        states.append(state)
+    return xs, fs, states
+
+
+def test_overshooting_step_is_pulled_back_halfway():
+    # gradient descent with lr 1.5 on f = ||x||^2 overshoots: x -> x - 3x = -2x (f grows 4x)
+    def f(x):
+        return jnp.sum(x**2)
+
+    state = accept_init(gd_init(jnp.array([1.0, -2.0])))
+    xs, fs, states = drive(gd_update(1.5), state, f, 8)
+    accepted_f = [float(s.f_best) for s in states]
+    # the accepted values never increase after the warm-up
+    assert all(b <= a for a, b in zip(accepted_f[WARMUP:], accepted_f[WARMUP + 1 :], strict=False))
+    for i in range(WARMUP, len(fs) - 1):
+        rejected = states[i].n_reject > states[i - 1].n_reject
+        if rejected:
+            # the next trial point is x_best + beta (x_trial - x_best)
+            xb = np.asarray(states[i].x_best)
+            np.testing.assert_allclose(xs[i + 1], xb + BACKTRACK * (xs[i] - xb), rtol=1e-6)
+    assert int(states[-1].n_reject) > 0
+    # with rejections the layer makes progress where plain GD diverges
+    assert float(states[-1].f_best) < fs[0]
+
+
+def test_a_descent_run_is_never_rejected_and_equals_the_inner_optimizer():
+    def f(x):
+        return jnp.sum((x - 0.3) ** 2)
+
+    x0 = jnp.array([1.0, -1.0, 0.5])
+    _, fs, states = drive(gd_update(0.1), accept_init(gd_init(x0)), f, 10)
+    assert int(states[-1].n_reject) == 0
+    plain = gd_init(x0)
+    for _ in range(10):
+        plain = gd_update(0.1)(plain, f(plain.x), jax.grad(f)(plain.x))
+    np.testing.assert_array_equal(np.asarray(states[-1].x), np.asarray(plain.x))
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_nonfinite_trial_points_are_rejected_not_accepted(bad):
+    # the objective is non-finite for x > 0.5: GD from 0 with a long step lands there
+    def f(x):
+        return jnp.where(x[0] > 0.5, bad, (x[0] - 2.0) ** 2)
+
+    state = accept_init(gd_init(jnp.array([0.0])))
+    _, fs, states = drive(gd_update(1.0), state, f, 12)
+    assert all(np.isfinite(float(s.f_best)) for s in states)
+    assert int(states[-1].n_reject) > 0
+    assert float(states[-1].x_best[0]) <= 0.5
+    assert float(states[-1].f_best) < 4.0  # it moved towards the boundary of the valid region
+
+
+def _random_net(monotone: bool, kind: str = "optimus"):
+    cfg = NetConfig(kind=kind, width=8, depth=1, num_heads=2, hidden=8, monotone=monotone)
+    return build_net(cfg, jax.random.key(3))
+
+
+def test_model_without_monotone_is_the_bare_learned_optimizer():
+    net = _random_net(False)
+    x0 = jnp.linspace(-1.0, 1.0, 5)
+    assert not isinstance(model_init(net, x0), AcceptState)
+    net_m = _random_net(True)
+    assert isinstance(model_init(net_m, x0), AcceptState)
+    # the two networks differ only in the flag: identical until the first rejection
+    a = learned_init(net, x0)
+    b = model_init(net_m, x0)
+
+    def f(x):
+        return jnp.sum(x**2)
+
+    v, g = jax.value_and_grad(f)(x0)
+    a = learned_update(net, a, v, g)
+    b = learned(net_m).update(b, v, g)
+    np.testing.assert_array_equal(np.asarray(a.x), np.asarray(b.x))
+
+
+@pytest.mark.parametrize("kind", ["optimus", "mlp"])
+def test_monotone_learned_minimize_accepts_only_decreases(kind):
+    net = _random_net(True, kind)
+    problem = fn.make_problem("rosenbrock", 6, variant="transformed", key=jax.random.key(1))
+    x0 = problem.sample_x0(jax.random.key(2))
+    res = optimus.minimize(
+        problem, x0, method=kind, params=net, steps=60, gtol=0.0, bounds=(problem.lo, problem.hi)
+    )
+    assert res.success and np.all(np.isfinite(res.x))
+    f0 = float(problem(x0))
+    # float32: the box map x <-> z rounds, so compare on the scale of the start value
+    assert res.fun == pytest.approx(float(problem(jnp.asarray(res.x))), abs=1e-6 * f0)
+    assert res.fun < 1e-2 * f0
+
+
+def test_shipped_models_record_the_rule_they_were_trained_with():
+    for name in ("optimus", "optimus-noprecond", "mlp"):
+        net = optimus.load_pretrained(name)
+        card = optimus.pretrained.model_card(name)
+        assert dataclasses.asdict(net.config)["monotone"] == card["train_config"]["model"].get(
+            "monotone", False
+        )

@@ -317,3 +317,32 @@ def test_no_runnable_method_and_bad_params(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "cannot use" in err and "Traceback" not in err
     rc = cli.main(["bench", "--params-dir", str(tmp_path / "missing"), "--out", str(tmp_path)])
     assert rc == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_scipy_reference_matches_optimus_lbfgs_on_a_quadratic(tmp_path):
+    """The scipy L-BFGS-B reference row: within the budget, on the box, and as good as our
+    own L-BFGS on a convex problem (a cross-check of both)."""
+    out = tmp_path / "out"
+    args = _args(
+        functions="sphere,quadratic",
+        dims="5",
+        variants="transformed",
+        methods="lbfgs,scipy-lbfgsb",
+        steps=40,
+        seeds=2,
+        tune_seeds=1,
+        out=out,
+    )
+    assert B.main(args) == 0
+    rows = _rows(out)
+    assert {r["method"] for r in rows} == {"lbfgs", "scipy-lbfgsb"}
+    for r in rows:
+        assert 1 <= int(r["evaluations"]) <= 40
+        assert r["status"] in optimus.Status.__members__
+        assert float(r["wall_s"]) > 0
+    best = {(r["method"], r["function"], r["seed"]): float(r["best"]) for r in rows}
+    for (m, f, seed), v in best.items():
+        if m == "scipy-lbfgsb":
+            ours = best[("lbfgs", f, seed)]
+            assert v <= max(10 * ours, 1e-8), (f, seed, v, ours)
+    assert "scipy-lbfgsb" in (out / "report.md").read_text()

@@ -27,6 +27,7 @@ _STYLE = {
     "mlp": dict(color="C4", lw=1.6, marker="^", ls="--"),
     "bfgs": dict(color="C0", lw=1.3, marker="v"),
     "lbfgs": dict(color="C9", lw=1.3, marker="<"),
+    "scipy-lbfgsb": dict(color="0.45", lw=1.0, ls=":", marker="x"),
     "adam": dict(color="C2", lw=1.3, marker="D"),
     "sgd": dict(color="C7", lw=1.3, marker="x"),
     "sgdm": dict(color="C8", lw=1.3, marker="+"),
@@ -144,17 +145,14 @@ def plot_curves(results: BenchResults, path: Path) -> Path:
 
 def plot_walltime(results: BenchResults, path: Path) -> Path:
     plt = _plt()
-    per: dict[tuple[str, int], list[float]] = {}
-    for r in results.runs:
-        if r.evaluations > 0:
-            per.setdefault((r.method, r.dim), []).append(r.wall_s / r.evaluations)
+    per = results.wall_per_eval()
     dims = sorted({c[2] for c in results.cells})
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     for m in results.methods:
         d = [n for n in dims if (m, n) in per]
         if not d:
             continue
-        y = [1e3 * float(np.median(per[(m, n)])) for n in d]
+        y = [1e3 * per[(m, n)] for n in d]
         ax.plot(d, y, label=m, ms=4, **_STYLE.get(m, {}))
     _dim_axis(ax, dims)
     ax.set_yscale("log")

@@ -41,6 +41,10 @@ __all__ = ["BenchError", "BenchConfig", "add_arguments", "main", "resolve_config
 LOG10_FLOOR = -30.0
 #: Perm(0,d,β) overflows float32 beyond this dimension (x_j^d with |x| up to d): skipped there.
 PERM_MAX_DIM = 10
+#: Reference methods run through ``scipy.optimize.minimize`` (host loop, float64, the objective
+#: and its gradient one jitted JAX call): the baseline of the wall-time comparison and a
+#: cross-check of optimus' own L-BFGS. Not counted among the issue-target baselines.
+SCIPY_METHODS = ("scipy-lbfgsb",)
 #: Methods whose learning rate is tuned on the tuning seeds.
 TUNED_METHODS = ("adam", "sgd", "sgdm")
 BASE_SEED = 0
@@ -208,8 +212,9 @@ def resolve_config(args: argparse.Namespace) -> BenchConfig:
     variants = _split_names(getattr(args, "variants", None), F.VARIANTS, "variants") or tuple(
         d["variants"]
     )
-    methods = _split_names(getattr(args, "methods", None), all_methods(), "methods") or tuple(
-        all_methods()
+    valid_methods = tuple(all_methods()) + SCIPY_METHODS
+    methods = _split_names(getattr(args, "methods", None), valid_methods, "methods") or (
+        valid_methods
     )
     dims_text = getattr(args, "dims", None)
     if dims_text is None:
@@ -328,6 +333,15 @@ class BenchResults:
     total_s: float = 0.0
     timestamp: str = ""
 
+    def wall_per_eval(self) -> dict[tuple[str, int], float]:
+        """Median wall time per objective+gradient evaluation (s) per (method, dimension):
+        ``wall_s / evaluations`` over every run of that pair with at least one evaluation."""
+        per: dict[tuple[str, int], list[float]] = {}
+        for r in self.runs:
+            if r.evaluations > 0:
+                per.setdefault((r.method, r.dim), []).append(r.wall_s / r.evaluations)
+        return {k: float(np.median(v)) for k, v in per.items()}
+
 
 def log10_floor(value: float) -> float:
     """log10 of an objective value, floored at :data:`LOG10_FLOOR`; NaN if not finite."""
@@ -389,6 +403,10 @@ class _Runner:
     def solve(self, method: str, problem, x0, lr: float | None):
         import optimus
 
+        if method in SCIPY_METHODS:
+            budget = self.config.steps
+            return self._timed(method, problem, lambda: _scipy_solve(problem, x0, budget))
+
         kwargs: dict[str, Any] = {}
         if method in self.nets:
             kwargs["params"] = self.nets[method]
@@ -410,6 +428,9 @@ class _Runner:
             )
             return res, time.perf_counter() - t0
 
+        return self._timed(method, problem, call)
+
+    def _timed(self, method: str, problem, call):
         n = int(problem.n)
         key = (method, n)
         res, wall = call()
@@ -418,6 +439,70 @@ class _Runner:
             self.compile_s[key] = max(wall - wall2, 0.0)
             wall = wall2
         return res, wall, self.compile_s[key]
+
+
+def _scipy_solve(problem, x0, budget: int):
+    """scipy's L-BFGS-B on the box-normalised problem with ``budget`` evaluations; returns
+    ``(result, wall_s)`` with the fields the runner reads. The objective and gradient are one
+    jitted JAX call evaluated in float32 (like every other method) and handed to scipy in
+    float64. Evaluations beyond the budget (scipy checks ``maxfun`` once per iteration) are
+    not counted: the result is the best of the first ``budget`` evaluations."""
+    from types import SimpleNamespace
+
+    import jax
+    import jax.numpy as jnp
+    import scipy.optimize
+
+    vg = _scipy_value_and_grad(problem)
+    z0 = np.asarray(problem.to_unit(jnp.asarray(x0)), np.float64)
+    values: list[float] = []
+
+    def fun(z):
+        v, g = vg(problem, jnp.asarray(z, x0.dtype))
+        v = float(v)
+        values.append(v)
+        return v, np.asarray(g, np.float64)
+
+    t0 = time.perf_counter()
+    res = scipy.optimize.minimize(
+        fun,
+        z0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(-1.0, 1.0)] * z0.size,
+        options=dict(maxfun=budget, maxiter=budget, ftol=0.0, gtol=0.0),
+    )
+    wall = time.perf_counter() - t0
+    jax.block_until_ready(res.x)
+    vals = np.asarray(values[:budget], np.float64)
+    finite = np.where(np.isfinite(vals), vals, np.inf)
+    best_curve = np.minimum.accumulate(finite) if vals.size else np.array([np.inf])
+    out = SimpleNamespace(
+        fun=float(best_curve[-1]),
+        last_fun=float(vals[-1]) if vals.size else math.nan,
+        nit=int(res.nit),
+        nfev=int(vals.size),
+        # scipy's codes: 0 converged, 1 iteration/evaluation limit, 2 line search failure
+        status=SimpleNamespace(
+            name={0: "CONVERGED", 1: "MAX_EVALS"}.get(int(res.status), "LINESEARCH_FAILED")
+        ),
+        eval_history=best_curve,
+    )
+    return out, wall
+
+
+_VG_CACHE: dict[str, Any] = {}
+
+
+def _scipy_value_and_grad(problem):
+    """One jitted ``value_and_grad`` of ``Problem.unit_objective`` (the problem is an argument,
+    so every instance of a (function, dimension) shares one compilation)."""
+    if "vg" not in _VG_CACHE:
+        import equinox as eqx
+        import jax
+
+        _VG_CACHE["vg"] = eqx.filter_jit(lambda p, z: jax.value_and_grad(p.unit_objective)(z))
+    return _VG_CACHE["vg"]
 
 
 def _problem(name: str, variant: str, n: int, seed: int, tuning: bool):

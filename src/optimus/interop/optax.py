@@ -144,10 +144,15 @@ def optimus(
         p = {"w": jnp.zeros(3), "b": jnp.asarray(0.0)}
         tx = optimus.optax.optimus()
         state = tx.init(p)
-        for _ in range(20):
+
+        @jax.jit
+        def step(p, state):
             value, grads = jax.value_and_grad(f)(p)
             updates, state = tx.update(grads, state, p, value=value)
-            p = optax.apply_updates(p, updates)
+            return optax.apply_updates(p, updates), state
+
+        for _ in range(20):
+            p, state = step(p, state)
         assert f(p) < 1e-6
     """
     method = check_method(method)

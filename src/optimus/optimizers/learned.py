@@ -14,8 +14,24 @@ One iteration, given :math:`f_t = f(x_t)` and :math:`g_t = \nabla f(x_t)`:
    (:func:`optimus.nets.features.reference_length`), so the Adam-like term is a learned
    fraction of a secant step length and vanishes as the iterate converges.
 
-Safeguard: a non-finite proposed step is replaced by no step, :math:`B` is reset to the
-identity and ``n_fallback`` counts it.
+**Safeguard.** The network's step :math:`\Delta = B_{t+1}(a \odot d + \lambda q)` is
+rejected when it is non-finite or *wildly growing*, defined as
+
+.. math::
+    \mathrm{rms}(\Delta) > \kappa \, r_t, \qquad
+    r_t = \max\big(\ell,\ \mathrm{rms}(q),\ \mathrm{rms}(s),\ \mathrm{rms}(x_t - x_0)\big),
+    \qquad \kappa = 10^3
+
+(RMS over the valid coordinates; non-finite candidates are ignored in the max): a step a
+thousand times longer than the Barzilai–Borwein step, the L-BFGS step, the previous step and
+the whole distance travelled so far. The rejected step is replaced by a safe gradient step of
+RMS length :math:`\ell` (1 before any curvature pair, i.e. one box half-width),
+:math:`\Delta = \ell\, g / \mathrm{rms}(g)`, :math:`B` is reset to the identity and
+``n_fallback`` counts it. When the safeguard does not trigger the step is bit-identical to
+the unguarded one. :func:`optimus.minimize` adds backtracking on top: a trial point reached by
+a safeguard step whose objective is non-finite or larger than at the previous point is retried
+with the step halved (see :mod:`optimus.solve`). ``SAFEGUARD = False`` (module attribute, read
+at trace time) disables the check; it exists only to measure the safeguard's cost.
 
 The functions :func:`learned_init` and :func:`learned_update` take the network explicitly, so
 meta-training can ``vmap`` them over perturbed meta-parameters; :func:`learned` closes over a
@@ -31,7 +47,11 @@ import jax.numpy as jnp
 
 from optimus.nets import features as F
 from optimus.nets.optimus import MAG_SCALE, precondition_update
+from optimus.optimizers.acceptance import AcceptState, accept_init, accept_update
 from optimus.optimizers.base import Optimizer
+
+SAFEGUARD = True  # read at trace time; False only to measure what the safeguard costs
+KAPPA = 1e3  # a step longer than KAPPA times the reference length r_t is "wildly growing"
 
 
 class LearnedState(eqx.Module):
@@ -99,9 +119,8 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
     feats = F.coordinate_features(g, acc, s, y, By, dx, q, mask)
     glob = F.global_features(state.t, value, f_prev, f0, g, g_prev, s, y, dx, q, mask)
     out = net(feats, glob, mask)
-    a = jnp.exp(jnp.clip(MAG_SCALE * out.mu + out.sigma, -30.0, 10.0)) * F.reference_length(
-        g, s, y, mask
-    )
+    ell = F.reference_length(g, s, y, mask)
+    a = jnp.exp(jnp.clip(MAG_SCALE * out.mu + out.sigma, -30.0, 10.0)) * ell
     raw = (a * out.d + out.lam * q).astype(dtype)
     if state.B is None:
         B_new = None
@@ -110,10 +129,10 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
         B_new = precondition_update(state.B, out.u.astype(dtype), out.rho.astype(dtype))
         step = B_new @ raw
     step = jnp.where(mask, step, 0)
-    ok = jnp.all(jnp.isfinite(step))
-    step = jnp.where(ok, step, 0)
-    if B_new is not None:
-        B_new = jnp.where(ok, B_new, jnp.eye(B_new.shape[0], dtype=dtype))
+    if SAFEGUARD:
+        step, B_new, fallback = _safeguard(step, B_new, g, s, dx, q, ell, mask)
+    else:
+        fallback = jnp.zeros((), bool)
     return LearnedState(
         x=x - step,
         x0=state.x0,
@@ -127,19 +146,62 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
         t=state.t + 1,
         nit=state.nit + 1,
         failed=state.failed,
-        n_fallback=state.n_fallback + (~ok).astype(jnp.int32),
+        n_fallback=state.n_fallback + fallback.astype(jnp.int32),
     )
+
+
+def _rms(v: jax.Array, mask: jax.Array) -> jax.Array:
+    """RMS over the valid coordinates, scaled by the peak so that squaring cannot overflow."""
+    n = jnp.maximum(jnp.sum(mask), 1).astype(v.dtype)
+    v = jnp.where(mask, v, 0)
+    peak = jnp.max(jnp.abs(v))
+    safe_peak = jnp.where(peak > 0, peak, 1)
+    return peak * jnp.sqrt(jnp.sum((v / safe_peak) ** 2) / n)
+
+
+def _safeguard(step, B, g, s, dx, q, ell, mask):
+    """Replace a non-finite or wildly growing step by a safe gradient step (module docstring);
+    returns ``(step, B, fallback)``."""
+    dtype = step.dtype
+    cands = jnp.stack([ell.astype(dtype), _rms(q, mask), _rms(s, mask), _rms(dx, mask)])
+    ref = jnp.max(jnp.where(jnp.isfinite(cands), cands, 0))
+    size = _rms(step, mask)
+    fallback = ~jnp.all(jnp.isfinite(step)) | (size > KAPPA * ref)
+    length = jnp.where(jnp.isfinite(ell) & (ell > 0), ell, 1).astype(dtype)
+    g_rms = _rms(g, mask)
+    tiny = jnp.finfo(dtype).tiny
+    safe = jnp.where(mask & (g_rms > tiny), g * (length / jnp.maximum(g_rms, tiny)), 0)
+    safe = jnp.where(jnp.isfinite(safe), safe, 0)
+    step = jnp.where(fallback, safe, step)
+    if B is not None:
+        B = jnp.where(fallback, jnp.eye(B.shape[0], dtype=dtype), B)
+    return step, B, fallback
+
+
+def model_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedState | AcceptState:
+    """Initial state of the learned optimizer as the model defines it: wrapped in the
+    step-acceptance layer (:mod:`optimus.optimizers.acceptance`) when
+    ``net.config.monotone``, the bare :class:`LearnedState` otherwise."""
+    inner = learned_init(net, x0, mask)
+    return accept_init(inner) if getattr(net.config, "monotone", False) else inner
+
+
+def model_update(net, state: LearnedState | AcceptState, value: jax.Array, grad: jax.Array):
+    """One step of the learned optimizer as the model defines it (see :func:`model_init`)."""
+    if isinstance(state, AcceptState):
+        return accept_update(lambda s, v, g: learned_update(net, s, v, g), state, value, grad)
+    return learned_update(net, state, value, grad)
 
 
 def learned(net, name: str = "optimus") -> Optimizer:
     """Wrap a network (with its meta-parameters) as a reverse-communication Optimizer."""
 
-    def init(x0: jax.Array, key: jax.Array | None = None) -> LearnedState:
+    def init(x0: jax.Array, key: jax.Array | None = None) -> LearnedState | AcceptState:
         del key
-        return learned_init(net, x0)
+        return model_init(net, x0)
 
-    def update(state: LearnedState, value: jax.Array, grad: jax.Array) -> LearnedState:
-        return learned_update(net, state, value, grad)
+    def update(state, value: jax.Array, grad: jax.Array):
+        return model_update(net, state, value, grad)
 
     hess_inv = (lambda s: s.B) if uses_preconditioner(net) else None
     return Optimizer(name=name, init=init, update=update, hess_inv=hess_inv)

@@ -159,15 +159,28 @@ def test_second_call_does_not_retrace():
 
 
 @pytest.mark.parametrize("method", ["adam", "optimus"])
-def test_nan_mid_run_returns_best_finite_iterate(method):
+def test_nan_mid_run_is_rejected_and_retried_shorter(method):
     def f(x):  # finite near the start, NaN once x[0] passes 0.5
         return jnp.where(x[0] > 0.5, jnp.nan, jnp.sum((x - 1.0) ** 2))
 
     res = optimus.minimize(f, jnp.zeros(3), method=method, steps=200, **_kw(method))
-    assert not res.success and res.status == Status.NONFINITE
-    assert "NaN" in res.message
+    assert res.n_rejected > 0  # trial points past the wall were retried half-way back
+    assert res.success or res.status == Status.NONFINITE
     assert np.all(np.isfinite(res.x)) and float(res.x[0]) <= 0.5
     assert np.isfinite(res.fun) and res.fun == pytest.approx(float(f(res.x)))
+    assert res.fun < float(f(jnp.zeros(3)))
+
+
+@pytest.mark.parametrize("method", ["adam", "optimus"])
+def test_nan_everywhere_but_the_start_stops_cleanly(method):
+    def f(x):  # finite only at x0 = 0: every retry, however short, is NaN
+        return jnp.where(jnp.any(x != 0), jnp.nan, jnp.sum((x - 1.0) ** 2))
+
+    res = optimus.minimize(f, jnp.zeros(3), method=method, steps=200, **_kw(method))
+    assert not res.success and res.status == Status.NONFINITE
+    assert "NaN" in res.message
+    np.testing.assert_array_equal(res.x, jnp.zeros(3))
+    assert res.fun == 3.0 and res.n_rejected == 30 and res.nfev == 32
 
 
 def test_line_search_backs_off_from_nonfinite_region():

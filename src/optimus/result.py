@@ -25,6 +25,7 @@ class Status(enum.IntEnum):
     LINESEARCH_FAILED = 4
     CALLBACK_STOP = 5
     NO_FINITE_POINT = 6
+    OBJECTIVE_ERROR = 7
 
     @property
     def success(self) -> bool:
@@ -48,6 +49,10 @@ _MESSAGES = {
     ),
     Status.CALLBACK_STOP: "Stopped by the callback.",
     Status.NO_FINITE_POINT: "The objective is not finite at the starting point.",
+    Status.OBJECTIVE_ERROR: (
+        "The objective raised an exception; returning the best iterate seen "
+        "(the exception is in result.exception)."
+    ),
 }
 
 
@@ -60,9 +65,12 @@ class OptimizeResult(_ScipyResult):
     (a :class:`Status` value), ``message``, ``history`` (best objective after each iteration,
     ``history[0] = f(x0)``, length ``nit + 1``), ``eval_history`` (best objective after each
     evaluation, length ``nfev``: the axis for comparisons at equal evaluations), ``last_fun``
-    (objective at the last evaluated point), ``n_fallback`` (learned methods: steps replaced
-    by the safeguard), ``method``, and for preconditioned methods ``hess_inv`` (the
-    inverse-Hessian estimate or learned preconditioner ``B``).
+    (objective at the last evaluated point), ``n_fallback`` (learned methods: network steps
+    replaced by the safeguard's safe gradient step), ``n_rejected`` (first-order and learned
+    methods: trial points rejected because the objective or gradient was non-finite, or worse
+    after a safeguard step, and retried with a halved step), ``method``, for preconditioned
+    methods ``hess_inv`` (the inverse-Hessian estimate or learned preconditioner ``B``), and
+    after ``status == OBJECTIVE_ERROR`` the exception the objective raised in ``exception``.
     """
 
 

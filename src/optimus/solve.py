@@ -20,6 +20,7 @@ box-normalised coordinates, so passing the box of the problem is recommended.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -33,8 +34,13 @@ from jax.flatten_util import ravel_pytree
 from optimus.optimizers import LEARNED_METHODS, Optimizer, check_method, get_optimizer
 from optimus.result import OptimizeResult, Status, make_result
 
+logger = logging.getLogger("optimus.solve")
+# a library configures no handler: quiet unless the application sets up logging
+logging.getLogger("optimus").addHandler(logging.NullHandler())
+
 RUNNING = -1
 DEFAULT_MAX_EVALS_PER_STEP = 30
+MAX_RETRIES = 30  # consecutive rejected trial points (step halved each time) before giving up
 
 
 class Carry(eqx.Module):
@@ -47,6 +53,11 @@ class Carry(eqx.Module):
     hist: jax.Array
     eval_hist: jax.Array
     status: jax.Array
+    anchor_x: jax.Array  # last accepted (finite) evaluation point
+    anchor_f: jax.Array  # objective there
+    n_bad: jax.Array  # consecutive rejected trial points
+    n_rejected: jax.Array  # all rejected trial points
+    guard: jax.Array  # the pending point comes from a safeguard (fallback) step
 
 
 def _init_carry(opt: Optimizer, z0: jax.Array, steps: int, key, max_evals) -> Carry:
@@ -61,6 +72,11 @@ def _init_carry(opt: Optimizer, z0: jax.Array, steps: int, key, max_evals) -> Ca
         hist=jnp.full((steps + 1,), jnp.nan, dtype),
         eval_hist=jnp.full((max_evals,), jnp.nan, dtype),
         status=jnp.asarray(RUNNING, jnp.int32),
+        anchor_x=z0,
+        anchor_f=jnp.asarray(jnp.inf, dtype),
+        n_bad=jnp.zeros((), jnp.int32),
+        n_rejected=jnp.zeros((), jnp.int32),
+        guard=jnp.zeros((), bool),
     )
 
 
@@ -87,11 +103,31 @@ def _step(
     if opt.uses_line_search:
         # a non-finite trial point is reported as +inf: the line search then shrinks the step
         new_state = opt.update(state, jnp.where(finite, f, jnp.inf), jnp.where(finite, g, 0))
-        keep = jnp.asarray(False)
+        anchor_x, anchor_f, n_bad = carry.anchor_x, carry.anchor_f, carry.n_bad
+        n_rejected, guard = carry.n_rejected + (~finite).astype(jnp.int32), carry.guard
+        stop_nonfinite = new_state.failed & ~finite
     else:
-        new_state = opt.update(state, f, g)
-        keep = ~finite
-    new_state = jax.tree.map(lambda old, new: jnp.where(keep, old, new), state, new_state)
+        # a non-finite trial point, or an increase after a safeguard step, is rejected and
+        # retried half-way to the last accepted point (at most MAX_RETRIES times in a row)
+        bad = ~finite | (carry.guard & (f > carry.anchor_f))
+        retry = bad & ~first & (carry.n_bad < MAX_RETRIES)
+        stop_nonfinite = ~finite & ~retry
+        accept = ~retry & ~stop_nonfinite
+        updated = opt.update(state, f, g)
+        x_retry = carry.anchor_x + 0.5 * (state.x - carry.anchor_x)
+        retried = eqx.tree_at(lambda s: s.x, state, x_retry)
+        new_state = jax.tree.map(
+            lambda old, upd, ret: jnp.where(accept, upd, jnp.where(retry, ret, old)),
+            state,
+            updated,
+            retried,
+        )
+        anchor_x = jnp.where(accept, state.x, carry.anchor_x)
+        anchor_f = jnp.where(accept, f, carry.anchor_f)
+        n_bad = jnp.where(retry, carry.n_bad + 1, 0).astype(jnp.int32)
+        n_rejected = carry.n_rejected + retry.astype(jnp.int32)
+        fell_back = _n_fallback(updated) > _n_fallback(state)
+        guard = jnp.where(accept, fell_back, carry.guard)
     if project:
         new_state = eqx.tree_at(lambda s: s.x, new_state, jnp.clip(new_state.x, -1, 1))
     advanced = new_state.nit > state.nit
@@ -100,7 +136,7 @@ def _step(
     status = jnp.select(
         [
             first & ~finite,
-            ~finite & ~opt.uses_line_search,
+            stop_nonfinite,
             converged,
             new_state.failed,
             new_state.nit >= steps,
@@ -116,7 +152,26 @@ def _step(
         ],
         RUNNING,
     ).astype(jnp.int32)
-    return Carry(new_state, nfev, best_x, best_f, best_g, f, hist, eval_hist, status)
+    return Carry(
+        new_state,
+        nfev,
+        best_x,
+        best_f,
+        best_g,
+        f,
+        hist,
+        eval_hist,
+        status,
+        anchor_x,
+        anchor_f,
+        n_bad,
+        n_rejected,
+        guard,
+    )
+
+
+def _n_fallback(state) -> jax.Array:
+    return getattr(state, "n_fallback", jnp.zeros((), jnp.int32))
 
 
 class _Box(eqx.Module):
@@ -166,6 +221,7 @@ def _solve_jax_impl(
     options,
     steps,
     max_evals,
+    verbose,
     fun_dyn,
     dyn_options,
     params,
@@ -187,19 +243,43 @@ def _solve_jax_impl(
 
     def body(carry):
         f, g = vg(carry.state.x)
-        return _step(opt, carry, f, g, steps, max_evals, gtol, project)
+        new = _step(opt, carry, f, g, steps, max_evals, gtol, project)
+        if verbose:  # static: with verbose off nothing is traced, the loop is unchanged
+            nit = new.state.nit
+            due = ((nit > carry.state.nit) & (nit % verbose == 0)) | (new.status != RUNNING)
+            jax.lax.cond(
+                due,
+                lambda: jax.debug.callback(
+                    functools.partial(_print_progress, method),
+                    nit,
+                    new.nfev,
+                    new.best_f,
+                    jnp.max(jnp.abs(new.best_g), initial=0.0),
+                    ordered=True,
+                ),
+                lambda: None,
+            )
+        return new
 
     carry = jax.lax.while_loop(
         lambda c: c.status == RUNNING, body, _init_carry(opt, z0, steps, key, max_evals)
     )
     hess_inv = None if opt.hess_inv is None else opt.hess_inv(carry.state)
-    n_fallback = getattr(carry.state, "n_fallback", jnp.zeros((), jnp.int32))
-    return carry, to_x(carry.best_x), hess_inv, n_fallback
+    return carry, to_x(carry.best_x), hess_inv, _n_fallback(carry.state)
 
 
 _solve_jax = jax.jit(
-    _solve_jax_impl, static_argnames=("fun_static", "method", "options", "steps", "max_evals")
+    _solve_jax_impl,
+    static_argnames=("fun_static", "method", "options", "steps", "max_evals", "verbose"),
 )
+
+
+def _print_progress(method, nit, nfev, best_f, gnorm) -> None:
+    print(
+        f"optimus[{method}] iter {int(nit):6d}  nfev {int(nfev):7d}  "
+        f"best f {float(best_f): .6e}  |g|inf {float(gnorm):.3e}",
+        flush=True,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("method", "options", "steps", "max_evals"))
@@ -308,6 +388,7 @@ def minimize(
     callback: Callable[[OptimizeResult], Any] | None = None,
     gtol: float = 1e-5,
     options: dict[str, Any] | None = None,
+    verbose: bool | int = False,
 ) -> OptimizeResult:
     r"""Minimize a scalar function.
 
@@ -319,7 +400,8 @@ def minimize(
             JAX; float64 under ``jax.enable_x64``).
         method: one of :func:`optimus.methods`.
         steps: iteration budget. For first-order and learned methods one iteration is one
-            objective+gradient evaluation; BFGS/L-BFGS spend several per iteration.
+            objective+gradient evaluation (plus any rejected trial points, see below);
+            BFGS/L-BFGS spend several per iteration.
         max_evals: objective+gradient evaluation budget (default ``30 * steps``).
         bounds: ``(lo, hi)`` (scalars or arrays) or a sequence of ``(lo, hi)`` pairs: the
             optimizer then works in box-normalised coordinates and ``fun`` is only evaluated
@@ -334,9 +416,55 @@ def minimize(
             ``StopIteration`` stops the solve (status ``CALLBACK_STOP``). Runs on the host.
         gtol: stop when :math:`\|\nabla f\|_\infty \le` ``gtol`` at the best iterate.
         options: hyper-parameters of classical methods (``learning_rate``, ``memory``, ...).
+        verbose: ``False`` (default) prints nothing; ``True`` prints a progress line every 10
+            iterations, an integer ``k >= 1`` every ``k`` iterations, plus one at the end. In
+            the jitted loop the lines come from :func:`jax.debug.callback`; with ``verbose``
+            off no callback is traced, so the compiled loop is exactly the quiet one.
 
     Returns:
-        :class:`optimus.OptimizeResult` with ``x`` the best finite iterate seen.
+        :class:`optimus.OptimizeResult` with ``x`` the best finite iterate seen and ``fun``
+        the objective there.
+
+    Raises:
+        ValueError, TypeError: invalid arguments (the only exceptions ``minimize`` raises on
+            its own; an exception raised while *tracing* a JAX objective propagates as is).
+
+    **Objectives that fail.** The same rules hold for every method:
+
+    * *NaN or inf value, or a non-finite gradient with a finite value*, at a trial point:
+      the point is rejected and never becomes the result. BFGS/L-BFGS treat it as
+      :math:`+\infty` and their line search shrinks the step. First-order and learned
+      methods retry the point half-way back to the last accepted point, up to
+      ``MAX_RETRIES = 30`` times in a row (``result.n_rejected`` counts the retries); if the
+      objective is still non-finite the solve stops with ``status=NONFINITE``,
+      ``success=False`` and the best finite iterate. Non-finite at ``x0``: clean stop with
+      ``NO_FINITE_POINT``.
+    * *An exception inside a NumPy objective or its gradient* (``jac=`` path): clean stop
+      with ``status=OBJECTIVE_ERROR``, ``success=False``, a message naming the exception,
+      the best iterate so far (``x0`` when none), and the exception object in
+      ``result.exception``. ``KeyboardInterrupt`` and other non-``Exception`` errors
+      propagate. ``nfev`` counts only evaluations that returned.
+    * *A discontinuous objective* gets no special treatment: the result is still the best
+      point evaluated with ``fun = f(x)``; a line search may stop with ``LINESEARCH_FAILED``
+      when a jump defeats the Wolfe conditions.
+    * *Learned methods* also replace a non-finite or wildly growing network step by a safe
+      gradient step and reset their preconditioner (:mod:`optimus.optimizers.learned`);
+      ``result.n_fallback`` counts those steps, and a trial point reached by such a step
+      that is worse than the previous point is retried with the step halved.
+
+    Notable events (fallbacks, rejected points, non-finite stops, line-search failures,
+    objective exceptions) are logged on the ``optimus.solve`` logger of the standard
+    :mod:`logging` module; the library installs no handler, so nothing shows unless the
+    application configures logging.
+
+    **Determinism.** ``minimize`` has no hidden randomness: the same inputs and ``key`` on
+    the same machine (same JAX/XLA version, same flags) give bit-identical results, jitted
+    or host loop. Across machines or XLA versions, floating-point reductions may be
+    reordered (vectorisation width, fusion, thread count), so results agree to rounding
+    (about ``1e-6`` relative in float32, ``1e-14`` in float64) per operation; iterative
+    optimisation can amplify such differences along a trajectory (strongly on chaotic,
+    multimodal objectives), so compare final objective values across machines with a
+    tolerance, not bitwise.
     """
     method = check_method(method)
     if not callable(fun):
@@ -353,6 +481,7 @@ def minimize(
         raise ValueError(f"gtol must be a non-negative number, got {gtol!r}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable")
+    verbose = _check_verbose(verbose)
     options = dict(options or {})
     if method in LEARNED_METHODS and params is None:
         from optimus.pretrained import load_pretrained
@@ -383,7 +512,16 @@ def minimize(
     common = dict(
         method=method, options=options_key, steps=steps, params=params, dyn_options=dyn_options
     )
+    logger.debug(
+        "minimize: method=%s n=%d dtype=%s steps=%d max_evals=%d",
+        method,
+        x0_flat.size,
+        dtype,
+        steps,
+        max_evals,
+    )
 
+    error = None
     if jac is None and callback is None:
         _check_scalar_output(fun, x0_tree)
         # arrays inside fun (e.g. an equinox Module objective) are traced, the rest is static:
@@ -395,27 +533,37 @@ def minimize(
             x0_tree=x0_tree,
             box=box,
             max_evals=max_evals,
+            verbose=verbose,
             gtol=jnp.asarray(gtol, dtype),
             key=key,
             **common,
         )
     else:
-        carry, x_best, hess_inv, n_fallback = _solve_host(
-            fun, jac, callback, x0_tree, box, max_evals, gtol, key, common
+        carry, x_best, hess_inv, n_fallback, error = _solve_host(
+            fun, jac, callback, x0_tree, box, max_evals, gtol, key, common, verbose
         )
 
     status = Status(int(carry.status)) if int(carry.status) != RUNNING else Status.MAX_EVALS
     nit = int(carry.state.nit)
     best_f = carry.best_f
+    extra: dict[str, Any] = {}
+    if error is not None:
+        status = Status.OBJECTIVE_ERROR
+        extra["message"] = (
+            f"The objective raised {type(error).__name__}: {error}; "
+            "returning the best iterate seen."
+        )
+        extra["exception"] = error
     if not bool(jnp.isfinite(best_f)):
-        status = Status.NO_FINITE_POINT if int(carry.nfev) <= 1 else Status.NONFINITE
+        if error is None:
+            status = Status.NO_FINITE_POINT if int(carry.nfev) <= 1 else Status.NONFINITE
         x_best = x0_flat
     jac_x = carry.best_g if box is None else carry.best_g / (0.5 * (box.hi - box.lo))
     if box is not None and hess_inv is not None:
         h = 0.5 * (box.hi - box.lo)
         hess_inv = h[:, None] * hess_inv * h[None, :]
     hist = np.asarray(carry.hist)[: min(nit, steps) + 1]
-    return make_result(
+    result = make_result(
         x=unravel(x_best),
         fun=float(best_f),
         jac=unravel(jac_x),
@@ -426,13 +574,57 @@ def minimize(
         method=method,
         hess_inv=hess_inv,
         n_fallback=int(n_fallback),
+        n_rejected=int(carry.n_rejected),
         last_fun=float(carry.last_f),
         eval_history=np.asarray(carry.eval_hist)[: int(carry.nfev)],
+        **extra,
     )
+    _log_events(result)
+    if verbose:
+        print(
+            f"optimus[{method}] {result.status.name}: {result.message} "
+            f"(nit {result.nit}, nfev {result.nfev}, fun {result.fun:.6e})",
+            flush=True,
+        )
+    return result
 
 
-def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
-    """Host loop: NumPy objectives (``jac=`` given) and per-iteration callbacks."""
+def _check_verbose(verbose: Any) -> int:
+    """``False``/``0`` -> 0 (off), ``True`` -> every 10 iterations, ``k >= 1`` -> every k."""
+    if verbose is True:
+        return 10
+    if verbose is False or verbose is None:
+        return 0
+    if isinstance(verbose, int | np.integer) and verbose >= 0:
+        return int(verbose)
+    raise ValueError(f"verbose must be a bool or a non-negative integer, got {verbose!r}")
+
+
+def _log_events(res: OptimizeResult) -> None:
+    """Report notable events of a finished solve on the ``optimus.solve`` logger."""
+    name = res.method
+    if res.n_fallback:
+        logger.info(
+            "%s: the safeguard replaced %d learned step(s) by a safe gradient step",
+            name,
+            res.n_fallback,
+        )
+    if res.n_rejected:
+        logger.info(
+            "%s: %d trial point(s) rejected (non-finite objective or gradient) and retried",
+            name,
+            res.n_rejected,
+        )
+    if res.status in (Status.NONFINITE, Status.NO_FINITE_POINT, Status.OBJECTIVE_ERROR):
+        logger.warning("%s stopped: %s", name, res.message)
+    elif res.status == Status.LINESEARCH_FAILED:
+        logger.info("%s stopped: %s", name, res.message)
+
+
+def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common, verbose=0):
+    """Host loop: NumPy objectives (``jac=`` given) and per-iteration callbacks. Returns
+    ``(carry, x_best, hess_inv, n_fallback, error)`` with ``error`` the exception that the
+    objective raised (the loop then stops), else ``None``."""
     x0_flat, unravel = ravel_pytree(x0_tree)
     dtype = x0_flat.dtype
     shape = np.shape(x0_tree) if isinstance(x0_tree, jax.Array) else None
@@ -446,19 +638,22 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
     else:
         if shape is None:
             raise TypeError("with jac= the objective takes a flat NumPy array: x0 must be an array")
+        if not (jac is True or callable(jac)):
+            raise TypeError("jac must be None, True, or a callable returning the gradient")
 
         def evaluate(z):
             x = to_x(z)
             xn = np.asarray(x, dtype=np.float64).reshape(shape)
-            if jac is True:
-                out = fun(xn)
-                if not (isinstance(out, tuple) and len(out) == 2):
-                    raise TypeError("with jac=True, fun must return a (value, gradient) tuple")
-                val, grad = out
-            elif callable(jac):
-                val, grad = fun(xn), jac(xn)
-            else:
-                raise TypeError("jac must be None, True, or a callable returning the gradient")
+            try:
+                if jac is True:
+                    out = fun(xn)
+                else:
+                    out = (fun(xn), jac(xn))
+            except Exception as e:  # the user's code failed: a clean stop, not a crash
+                raise _ObjectiveError(e) from e
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError("with jac=True, fun must return a (value, gradient) tuple")
+            val, grad = out
             val = np.asarray(val)
             if val.size != 1:
                 raise ValueError(f"fun must return a scalar, got an output of shape {val.shape}")
@@ -479,9 +674,14 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
         dyn_options=dyn_options, params=params, z0=z0, key=key, max_evals=max_evals, **static
     )
     gtol_a = jnp.asarray(gtol, dtype)
+    error = None
     while int(carry.status) == RUNNING:
         nit_before = int(carry.state.nit)
-        f, g = evaluate(carry.state.x)
+        try:
+            f, g = evaluate(carry.state.x)
+        except _ObjectiveError as e:
+            error = e.__cause__
+            break
         carry = _host_step(
             dyn_options=dyn_options,
             params=params,
@@ -493,11 +693,20 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
             gtol=gtol_a,
             **static,
         )
-        if callback is not None and int(carry.state.nit) > nit_before:
+        nit = int(carry.state.nit)
+        if verbose and ((nit > nit_before and nit % verbose == 0) or int(carry.status) != RUNNING):
+            _print_progress(
+                common["method"],
+                nit,
+                carry.nfev,
+                carry.best_f,
+                jnp.max(jnp.abs(carry.best_g), initial=0.0),
+            )
+        if callback is not None and nit > nit_before:
             inter = OptimizeResult(
                 x=unravel(to_x(carry.best_x)),
                 fun=float(carry.best_f),
-                nit=int(carry.state.nit),
+                nit=nit,
                 nfev=int(carry.nfev),
             )
             try:
@@ -510,5 +719,8 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common):
                 )
     opt = _build(common["method"], common["options"], params, dyn_options)
     hess_inv = None if opt.hess_inv is None else opt.hess_inv(carry.state)
-    n_fallback = getattr(carry.state, "n_fallback", jnp.zeros((), jnp.int32))
-    return carry, to_x(carry.best_x), hess_inv, n_fallback
+    return carry, to_x(carry.best_x), hess_inv, _n_fallback(carry.state), error
+
+
+class _ObjectiveError(Exception):
+    """Internal wrapper: the user's objective raised (the cause is the original error)."""

@@ -83,3 +83,51 @@ def test_default_method_uses_the_pretrained_optimus():
     )
     assert res.method == "optimus" and res.success
     assert res.fun < 1e-2 * 8 * 0.09
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "swap"])
+def test_tampered_shipped_weights_are_refused_at_load(tmp_path, monkeypatch, damage):
+    """The shipped files are checked against the sha256 of their model card on every load."""
+    src = pretrained._files()
+    for name in ("optimus", "mlp"):
+        for ext in (".npz", ".json"):
+            (tmp_path / f"{name}{ext}").write_bytes(src.joinpath(f"{name}{ext}").read_bytes())
+    target = tmp_path / "optimus.npz"
+    data = target.read_bytes()
+    if damage == "flip":
+        target.write_bytes(data[:1000] + bytes([data[1000] ^ 0x01]) + data[1001:])
+    elif damage == "truncate":
+        target.write_bytes(data[: len(data) - 7])
+    elif damage == "empty":
+        target.write_bytes(b"")
+    else:  # another model's (valid) weights under this name
+        target.write_bytes((tmp_path / "mlp.npz").read_bytes())
+    monkeypatch.setattr(pretrained, "_files", lambda: tmp_path)
+    pretrained.load_pretrained.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="pretrained model 'optimus': sha256 mismatch"):
+            optimus.load_pretrained("optimus")
+        assert optimus.load_pretrained("mlp").config.kind == "mlp"  # the intact one loads
+    finally:
+        pretrained.load_pretrained.cache_clear()
+
+
+def test_object_arrays_are_refused_without_unpickling(tmp_path):
+    """An archive holding an object (pickled) array is refused even with a matching hash."""
+    net = build_net(NetConfig(width=8, depth=1, num_heads=2), jax.random.key(0))
+    path = optimus.save_params(tmp_path / "net", net)
+    import io
+
+    from optimus.serialization import leaf_names, sha256_bytes
+
+    arrays = {n: np.asarray(v) for n, v in zip(leaf_names(net), jax.tree.leaves(net), strict=True)}
+    first = leaf_names(net)[0]
+    arrays[first] = np.array([{"payload": 1}], dtype=object)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["sha256"] = sha256_bytes(buf.getvalue())
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="not a readable .npz archive.*pickle"):
+        optimus.load_params(path)

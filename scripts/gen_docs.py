@@ -146,7 +146,8 @@ def _signature(obj) -> str:
         sig = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return ""
-    return sig
+    # default values that are functions print with a memory address: keep only the name
+    return re.sub(r"<function (\S+) at 0x[0-9a-f]+>", r"\1", sig)
 
 
 def render_api() -> str:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench targets throughput pretrained clean
+.PHONY: demo test lint format bench targets throughput pretrained stress clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,12 @@ throughput: $(STAMP)
 # re-train the three shipped models (about 30 minutes on 2 CPU cores; resumable)
 pretrained: $(STAMP)
 	scripts/train_pretrained.sh
+
+# long reliability checks (property cases, fault objectives, determinism, 10 SIGKILL/resume
+# trials, cost of the learned-step safeguard); writes bench_results/stress.{md,csv}
+stress: $(STAMP)
+	OPTIMUS_HYPOTHESIS_PROFILE=stress $(BIN)/python -m pytest -q tests/test_reliability.py
+	$(BIN)/python scripts/stress.py --out bench_results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -66,9 +66,10 @@ class OptimizeResult(_ScipyResult):
     ``history[0] = f(x0)``, length ``nit + 1``), ``eval_history`` (best objective after each
     evaluation, length ``nfev``: the axis for comparisons at equal evaluations), ``last_fun``
     (objective at the last evaluated point), ``n_fallback`` (learned methods: network steps
-    replaced by the safeguard's safe gradient step), ``n_rejected`` (first-order and learned
-    methods: trial points rejected because the objective or gradient was non-finite, or worse
-    after a safeguard step, and retried with a halved step), ``method``, for preconditioned
+    replaced by the safeguard's safe gradient step), ``n_rejected`` (trial points rejected
+    because the objective or gradient was non-finite, or, for learned methods, worse after a
+    safeguard step; first-order and learned methods retry them with a halved step, line
+    searches shrink theirs), ``method``, for preconditioned
     methods ``hess_inv`` (the inverse-Hessian estimate or learned preconditioner ``B``), and
     after ``status == OBJECTIVE_ERROR`` the exception the objective raised in ``exception``.
     """

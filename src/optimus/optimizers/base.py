@@ -16,6 +16,14 @@ advance ``state.nit`` only when a step is accepted. ``state.nit`` (int32 scalar)
 always counts *completed iterations*; ``state.failed`` (bool scalar) is raised when the
 method cannot continue (e.g. a line search that cannot find a decrease).
 
+Non-finite evaluations are the driver's business (:func:`optimus.minimize`): a method with
+``uses_line_search`` receives a non-finite trial point as ``value = +inf`` (gradient zeroed)
+and must shrink its step; any other method never sees one: the driver rejects the point and
+overwrites ``state.x`` with the point half-way back to the last accepted one, so ``update``
+must treat ``state.x`` as "the point that was evaluated" and nothing else as a cached copy of
+it. Learned methods count the network steps their safeguard replaced in
+``state.n_fallback``.
+
 States are pytrees whose shapes and dtypes never change across calls, so the whole solve runs
 in one ``jax.lax.while_loop`` without recompilation. ``hess_inv(state)``, when a method has
 one, returns its current inverse-Hessian estimate / preconditioner ``B``.

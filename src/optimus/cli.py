@@ -14,12 +14,29 @@ class UsageError(Exception):
     """Bad command-line input: printed as one line, exit status 2."""
 
 
+_DIST_FLAGS = (
+    ("devices", "devices"),
+    ("coordinator", "coordinator"),
+    ("num_processes", "num_processes"),
+    ("process_id", "process_id"),
+    ("dist_timeout", "timeout_s"),
+)
+
+
 def _train(args: argparse.Namespace) -> int:
     from optimus.meta.checkpoint import CheckpointError
+    from optimus.meta.distributed import DistributedError
     from optimus.meta.train import load_config, train
 
+    overrides = list(args.set or [])
+    for flag, key in _DIST_FLAGS:
+        value = getattr(args, flag)
+        if value is not None:
+            value = f'"{value}"' if isinstance(value, str) else value
+            overrides.append(f"distributed.{key}={value}")
     try:
-        config = load_config(args.config, args.set or [])
+        config = load_config(args.config, overrides)
+        config.distributed.resolved()  # bad environment variables fail here, before JAX starts
     except (ValueError, TypeError) as e:
         raise UsageError(f"invalid configuration: {e}") from None
     out = args.out or f"runs/{config.name}"
@@ -27,11 +44,14 @@ def _train(args: argparse.Namespace) -> int:
         path = train(
             config, out, resume=args.resume, progress=not args.quiet, stop_after=args.stop_after
         )
-    except CheckpointError as e:
+    except (CheckpointError, DistributedError, ValueError) as e:
         raise UsageError(str(e)) from None
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    print(f"meta-parameters written to {path}")
+    import jax
+
+    if jax.process_index() == 0:
+        print(f"meta-parameters written to {path}")
+    else:
+        print(f"process {jax.process_index()} of {jax.process_count()} done (it writes no files)")
     return 0
 
 
@@ -77,6 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop (with a checkpoint) after this many outer steps of this call",
     )
+    g = t.add_argument_group(
+        "devices and hosts",
+        "shard the PES particles over devices and processes (config section [distributed]); "
+        "on a cluster run the same command on every host with its own --process-id",
+    )
+    g.add_argument(
+        "--devices",
+        type=int,
+        help="devices over all processes (0 = all; default 1); must divide estimator.num_pairs",
+    )
+    g.add_argument("--coordinator", help="HOST:PORT of process 0 ($OPTIMUS_COORDINATOR)")
+    g.add_argument(
+        "--num-processes", type=int, help="number of processes/hosts ($OPTIMUS_NUM_PROCESSES)"
+    )
+    g.add_argument("--process-id", type=int, help="this process's id ($OPTIMUS_PROCESS_ID)")
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time-out for joining and for a silent process (default 60)",
+    )
     t.set_defaults(func=_train)
 
     h = sub.add_parser("throughput", help="measure meta-training inner steps per second")
@@ -98,10 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UsageError as e:
         print(f"optimus {args.command}: error: {e}", file=sys.stderr)
+        if _in_process_group():
+            # do not wait in JAX's shutdown barrier for processes that may be gone
+            from optimus.meta.distributed import exit_now
+
+            exit_now(2)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _in_process_group() -> bool:
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.distributed.is_initialized()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ new checkpoint intact, never a half-written one.
 Restoring needs a *template* tree with the right structure (built from the run's config);
 names, shapes and dtypes are checked leaf by leaf, so a checkpoint of a different model or
 configuration fails with a clear message instead of loading garbage.
+
+Leaves are stored whole: a run sharded over devices or processes gathers them first and only
+process 0 writes (:mod:`optimus.meta.distributed`). Neither the file nor its fingerprint
+depends on the number of devices, so a checkpoint restores onto any device count.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 machine (after compilation, median over repeats) and writes ``throughput.csv`` and
 ``throughput.md``. An inner task-step is one objective+gradient evaluation and one learned
 update of one particle; a PES outer step runs ``2 × num_pairs × truncation`` of them.
+:func:`measure` honours ``distributed.devices`` (``scripts/bench_devices.py`` uses it to time
+the outer step against the number of devices).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def measure(config_path: str | None, overrides: list[str], repeats: int = 5) -> 
         times.append(time.perf_counter() - t0)
     dt = statistics.median(times)
     return {
+        "devices": trainer.devices(),
         "outer_step_s": dt,
         "outer_steps_per_s": 1 / dt,
         "inner_steps_per_s": trainer.inner_steps_per_outer() / dt,
@@ -63,6 +66,7 @@ def main(out: str | os.PathLike = "bench_results", root: str | os.PathLike = "."
     for name, cfg, overrides in CASES:
         path = Path(root) / cfg
         r = measure(str(path) if path.exists() else None, overrides)
+        r.pop("devices")
         rows.append({"model": name, **r})
         print(
             f"{name:22s} {r['inner_steps_per_s']:9.0f} inner steps/s "

@@ -10,12 +10,22 @@ Determinism: the key of outer step ``k`` is ``fold_in(key(seed), k)``, and a che
 everything else the next step depends on (meta-parameters, outer optimizer state, every PES
 particle's problem, optimizer state and perturbation accumulator, counters), so a run resumed
 from a checkpoint continues exactly as the uninterrupted run would have.
+
+Devices and hosts (:mod:`optimus.meta.distributed`): with ``distributed.devices = N`` the
+particle axis is sharded over ``N`` devices, possibly of several processes, and the
+meta-parameters and outer optimizer state are replicated. Only process 0 touches the file
+system (log, checkpoints, exported weights); it reads a checkpoint on resume and broadcasts it.
+Checkpoints hold full (unsharded) arrays and their fingerprint does not depend on the device
+count, so a run checkpointed on ``N`` devices resumes on any ``M`` that divides the number of
+pairs, continuing the same computation up to float rounding of the cross-device mean (exactly,
+for ``M = N``). The default ``N = 1`` runs the unsharded program.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -30,9 +40,12 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optimus.meta import checkpoint as ckpt
+from optimus.meta import distributed as dist
+from optimus.meta.distributed import DistributedConfig, DistributedError
 from optimus.meta.pes import PESState, es_estimate, full_loss, pes_estimate, pes_init
 from optimus.meta.tasks import TaskConfig, TruncatedTask, make_task
 from optimus.nets import NetConfig, build_net
@@ -88,6 +101,7 @@ class TrainConfig:
     estimator: EstimatorConfig = dataclasses.field(default_factory=EstimatorConfig)
     outer: OuterConfig = dataclasses.field(default_factory=OuterConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
         if self.estimator.kind == "pes" and self.estimator.truncation > self.tasks.horizon:
@@ -97,7 +111,16 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict:
+        """Everything, including how this launch is spread over devices and processes."""
         return dataclasses.asdict(self)
+
+    def training_dict(self) -> dict:
+        """What determines the computation: every section except ``[distributed]``. Stored in
+        checkpoints, ``config.json`` and model cards, and compared on resume, so a run can
+        resume on another number of devices or hosts."""
+        d = self.to_dict()
+        d.pop("distributed")
+        return d
 
 
 _SECTIONS = {
@@ -106,6 +129,7 @@ _SECTIONS = {
     "estimator": EstimatorConfig,
     "outer": OuterConfig,
     "run": RunConfig,
+    "distributed": DistributedConfig,
 }
 
 
@@ -233,24 +257,39 @@ def make_outer_optimizer(cfg: OuterConfig) -> optax.GradientTransformation:
 
 
 class Trainer:
-    """Builds the task, estimator and outer optimizer for a :class:`TrainConfig`."""
+    """Builds the task, estimator and outer optimizer for a :class:`TrainConfig`.
+
+    With ``config.distributed.devices`` other than 1 (and after :func:`dist.initialize` for
+    several processes) the particles are sharded over a device mesh; :meth:`place` puts a host
+    state onto it. Raises :class:`DistributedError` before any compilation if the devices do
+    not exist or the particle count does not divide by them."""
 
     def __init__(self, config: TrainConfig):
         self.config = config
+        est = config.estimator
+        self.mesh = dist.make_mesh(config.distributed.devices, est.num_pairs)
+        mesh = self.mesh
+        part = dist.particle_sharding(mesh) if mesh is not None else None
+        self.particle_sharding = part
         root = jax.random.key(config.outer.seed)
         self.root_key = root
         net = build_net(config.model, jax.random.fold_in(root, 1_000_003))
         self.task, theta0 = make_task(net, config.tasks)
         self.theta0 = theta0
         self.tx = make_outer_optimizer(config.outer)
-        est = config.estimator
         task: TruncatedTask = self.task
 
         def outer_step(state: TrainState) -> tuple[TrainState, dict]:
             key = jax.random.fold_in(root, state.step)
             if est.kind == "pes":
                 g, pes, metrics = pes_estimate(
-                    task, state.theta, state.pes, key, sigma=est.sigma, truncation=est.truncation
+                    task,
+                    state.theta,
+                    state.pes,
+                    key,
+                    sigma=est.sigma,
+                    truncation=est.truncation,
+                    particle_sharding=part,
                 )
             else:
                 g, metrics = es_estimate(
@@ -260,6 +299,7 @@ class Trainer:
                     sigma=est.sigma,
                     num_pairs=est.num_pairs,
                     horizon=config.tasks.horizon,
+                    particle_sharding=part,
                 )
                 pes = state.pes
             finite = jnp.all(jnp.isfinite(g))
@@ -280,19 +320,48 @@ class Trainer:
             metrics = dict(metrics, grad_norm=optax.tree.norm(g), skipped=~finite)
             return new, metrics
 
-        self.outer_step = jax.jit(outer_step)
         val_key = jax.random.key(config.run.eval_seed)
-        self.validate = jax.jit(
-            lambda theta: full_loss(
+        n_dev = 1 if mesh is None else mesh.size
+        # validation problems are sharded too when their number divides by the device count
+        val_part = part if config.run.eval_tasks % n_dev == 0 else None
+
+        def validate(theta):
+            return full_loss(
                 task,
                 theta,
                 val_key,
                 num_tasks=config.run.eval_tasks,
                 horizon=config.tasks.horizon,
+                particle_sharding=val_part,
             )
+
+        if mesh is None:
+            self.outer_step = jax.jit(outer_step)
+            self.validate = jax.jit(validate)
+        else:
+            rep = dist.replicated(mesh)
+            self.outer_step = jax.jit(outer_step, out_shardings=(self._shardings(rep, part), rep))
+            self.validate = jax.jit(validate, out_shardings=rep)
+
+    def _shardings(self, rep, part) -> TrainState:
+        """Sharding prefix tree of a :class:`TrainState`: particles split, the rest replicated."""
+        pes = part if self.config.estimator.kind == "pes" else None
+        return TrainState(
+            theta=rep,
+            opt_state=rep,
+            pes=pes,
+            step=rep,
+            n_skipped=rep,
+            best_val=rep,
+            best_theta=rep,
         )
 
     def init_state(self) -> TrainState:
+        """The initial state, on the mesh when there is one (identical on every process)."""
+        return self.place(self.host_init_state())
+
+    def host_init_state(self) -> TrainState:
+        """The initial state on this process's default device."""
         cfg = self.config
         pes = None
         if cfg.estimator.kind == "pes":
@@ -312,6 +381,22 @@ class Trainer:
             best_theta=self.theta0,
         )
 
+    def place(self, state: TrainState) -> TrainState:
+        """Put a host (or single-device) state onto the device mesh: particle-batched leaves
+        split over the mesh, the rest replicated. Identity without a mesh. With several
+        processes, process 0's values are used everywhere."""
+        if self.mesh is None:
+            return state
+        host = dist.broadcast_from_main(dist.to_host(state))
+        prefix = self._shardings(dist.replicated(self.mesh), self.particle_sharding)
+        shardings = jax.tree.map(
+            lambda sh, sub: jax.tree.map(lambda _: sh, sub),
+            prefix,
+            host,
+            is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+        )
+        return dist.to_global(host, shardings)
+
     def net(self, theta: jax.Array):
         return self.task.net(theta)
 
@@ -319,6 +404,27 @@ class Trainer:
         est = self.config.estimator
         k = est.truncation if est.kind == "pes" else self.config.tasks.horizon
         return 2 * est.num_pairs * k
+
+    def devices(self) -> str:
+        """The devices that run the particles, e.g. ``"4 × cpu"``."""
+        return dist.describe(self.mesh)
+
+
+_TRAINERS: dict[str, Trainer] = {}
+
+
+def _trainer_for(config: TrainConfig) -> Trainer:
+    """A :class:`Trainer` for ``config``, reused across :func:`train` calls in one process
+    (resuming, or moving a run between device counts, then does not re-trace and recompile
+    the outer step). Holds the two most recent ones."""
+    key = json.dumps(
+        [config.training_dict(), config.distributed.devices, jax.process_count()], sort_keys=True
+    )
+    if key not in _TRAINERS:
+        while len(_TRAINERS) >= 2:
+            _TRAINERS.pop(next(iter(_TRAINERS)))
+        _TRAINERS[key] = Trainer(config)
+    return _TRAINERS[key]
 
 
 LOG_FIELDS = ["step", "loss", "grad_norm", "skipped", "val_loss", "lr", "wall_s", "inner_steps_s"]
@@ -369,90 +475,137 @@ def train(
     ``checkpoints/`` and, at the end, ``NAME.npz``/``NAME.json`` (the meta-parameters with the
     best validation loss) and ``NAME-last.npz``. ``stop_after`` stops after that many outer
     steps of this invocation (used by tests and time-boxed sessions).
+
+    With several processes (``config.distributed``), every process calls this with the same
+    configuration; it joins the process group, checks that all processes agree on the
+    configuration, ``resume`` and ``stop_after``, and only process 0 writes under ``out``.
     """
     from tqdm import tqdm
 
+    dcfg = dist.initialize(config.distributed)
+    launch = dataclasses.asdict(dcfg)
+    launch.pop("process_id")
+    dist.agree(
+        {"config": config.training_dict(), "launch": launch, "resume": resume, "stop": stop_after}
+    )
+    main = dist.is_main()
     out = Path(out)
     ckdir = out / "checkpoints"
-    cfg_json = json.dumps(config.to_dict(), indent=2, sort_keys=True)
-    if not resume and ckdir.exists() and ckpt.latest_checkpoint(ckdir) is not None:
-        raise ValueError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"output folder {out} is not writable: {e}") from None
+    cfg_json = json.dumps(config.training_dict(), indent=2, sort_keys=True)
+    train_cfg = json.loads(cfg_json)  # as stored in checkpoints (JSON lists, not tuples)
 
-    trainer = Trainer(config)
-    state = trainer.init_state()
+    def prepare_folder():
+        if not resume and ckdir.exists() and ckpt.latest_checkpoint(ckdir) is not None:
+            raise ValueError(
+                f"{out} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise ValueError(f"output folder {out} is not writable: {e}") from None
+
+    dist.on_main(prepare_folder, error=ValueError)
+
+    trainer = _trainer_for(config)
+    host_state = trainer.host_init_state()
     wall_before = 0.0
     log_path = out / "log.csv"
-    if resume:
+
+    def load():
         last = ckpt.latest_checkpoint(ckdir) if ckdir.exists() else None
         if last is None:
             raise ValueError(f"--resume: no checkpoint found in {ckdir}")
         info = json.loads((last / "meta.json").read_text())
-        if info.get("config") != json.loads(cfg_json):
+        if info.get("config") != train_cfg:
             raise ckpt.CheckpointError(
                 f"checkpoint {last} was written with a different configuration; resume with "
                 f"the run's own config ({out / 'config.json'})"
             )
-        state, info = ckpt.load_checkpoint(last, state)
-        wall_before = float(info.get("wall_s", 0.0))
+        state, info = ckpt.load_checkpoint(last, host_state)
         _truncate_log(log_path, int(state.step))
-    else:
+        return state, float(info.get("wall_s", 0.0))
+
+    def start_log():
         (out / "config.json").write_text(cfg_json)
         with log_path.open("w", newline="") as fh:
             csv.DictWriter(fh, fieldnames=LOG_FIELDS).writeheader()
+
+    if resume:
+        loaded = dist.on_main(load, error=ValueError)
+        if dist.multi_process():
+            template = dist.to_host(host_state)
+            restored, wall = loaded if main else (template, 0.0)
+            restored, wall = dist.broadcast_from_main((restored, np.asarray(wall)))
+            loaded = restored, float(wall)
+        host_state, wall_before = loaded
+    else:
+        dist.on_main(start_log, error=ValueError)
+    state = trainer.place(host_state)
 
     total = config.outer.steps
     start_step = int(state.step)
     t_start = time.time()
     lr_fn = lr_schedule(config.outer)
     per_step = trainer.inner_steps_per_outer()
+    devices = trainer.devices()
 
     def save(st):
-        ckpt.save_checkpoint(
-            ckdir,
-            int(st.step),
-            st,
-            config=json.loads(cfg_json),
-            wall_s=wall_before + time.time() - t_start,
+        host = st if trainer.mesh is None else dist.to_host(st)  # a collective on many hosts
+        wall = wall_before + time.time() - t_start
+        dist.on_main(
+            lambda: ckpt.save_checkpoint(
+                ckdir, int(host.step), host, config=train_cfg, wall_s=wall, devices=devices
+            ),
+            error=ckpt.CheckpointError,
         )
 
-    bar = tqdm(total=total, initial=start_step, disable=not progress, desc=config.name, unit="step")
+    bar = tqdm(
+        total=total,
+        initial=start_step,
+        disable=not (progress and main),
+        desc=config.name,
+        unit="step",
+    )
     done_here = 0
-    with log_path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+    fh = log_path.open("a", newline="") if main else None
+    try:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS) if fh is not None else None
         while int(state.step) < total:
             t0 = time.time()
-            state, metrics = trainer.outer_step(state)
-            step = int(state.step)
-            val = float("nan")
-            if step % config.run.eval_every == 0 or step == total:
-                v = trainer.validate(state.theta)
-                val = float(v)
-                if math.isfinite(val) and val < float(state.best_val):
-                    state = eqx.tree_at(
-                        lambda s: (s.best_val, s.best_theta), state, (v, state.theta)
-                    )
+            try:
+                state, metrics = trainer.outer_step(state)
+                step = int(state.step)
+                val = float("nan")
+                if step % config.run.eval_every == 0 or step == total:
+                    v = trainer.validate(state.theta)
+                    val = float(v)
+                    if math.isfinite(val) and val < float(state.best_val):
+                        state = eqx.tree_at(
+                            lambda s: (s.best_val, s.best_theta), state, (v, state.theta)
+                        )
+                loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+                skipped = int(metrics["skipped"])
+            except Exception as e:
+                if not dist.multi_process():
+                    raise
+                raise _lost(e, int(start_step + done_here + 1), ckdir) from e
             dt = time.time() - t0
             row = {
                 "step": step,
-                "loss": f"{float(metrics['loss']):.6g}",
-                "grad_norm": f"{float(metrics['grad_norm']):.6g}",
-                "skipped": int(metrics["skipped"]),
+                "loss": f"{loss:.6g}",
+                "grad_norm": f"{grad_norm:.6g}",
+                "skipped": skipped,
                 "val_loss": "" if math.isnan(val) else f"{val:.6g}",
                 "lr": f"{float(lr_fn(step - 1)):.3g}",
                 "wall_s": f"{wall_before + time.time() - t_start:.2f}",
                 "inner_steps_s": f"{per_step / max(dt, 1e-9):.0f}",
             }
-            writer.writerow(row)
-            fh.flush()
+            if writer is not None:
+                writer.writerow(row)
+                fh.flush()
             bar.update(1)
             bar.set_postfix(
                 loss=row["loss"], val=row["val_loss"] or "-", steps_s=row["inner_steps_s"]
@@ -462,22 +615,51 @@ def train(
                 config.run.max_minutes > 0
                 and (time.time() - t_start) / 60 >= config.run.max_minutes
             )
+            if config.run.max_minutes > 0 and dist.multi_process():
+                # process 0's clock decides, so that all processes stop at the same step
+                out_of_time = bool(dist.broadcast_from_main(np.asarray(out_of_time)))
             stop = out_of_time or (stop_after is not None and done_here >= stop_after)
             if step % config.run.checkpoint_every == 0 or step == total or stop:
-                save(state)
+                try:
+                    save(state)
+                except (ckpt.CheckpointError, DistributedError):
+                    raise
+                except Exception as e:
+                    if not dist.multi_process():
+                        raise
+                    raise _lost(e, step, ckdir) from e
             if stop:
                 break
+    finally:
+        if fh is not None:
+            fh.close()
     bar.close()
+    if dist.multi_process():
+        # the replicas of theta on different hosts must be identical; checked once at the end
+        final = np.ascontiguousarray(dist.to_host(state.theta))
+        dist.agree(hashlib.sha256(final.tobytes()).hexdigest(), "final meta-parameters")
     return export(trainer, state, out, wall_before + time.time() - t_start)
 
 
+def _lost(error: Exception, step: int, ckdir: Path) -> DistributedError:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    return DistributedError(
+        f"outer step {step} failed on a multi-process run, most likely because another process "
+        f"was lost ({type(error).__name__}: {first}); the last checkpoint in {ckdir} is "
+        "intact: restart every process with --resume (any device count that divides the "
+        "number of pairs)"
+    )
+
+
 def export(trainer: Trainer, state: TrainState, out: Path, wall_s: float) -> Path:
-    """Write the best-validation and the last meta-parameters with a model card."""
+    """Write the best-validation and the last meta-parameters with a model card (process 0
+    only; every process takes part in gathering the values)."""
     cfg = trainer.config
+    state = state if trainer.mesh is None else dist.to_host(state)
     best = state.best_theta if bool(jnp.isfinite(state.best_val)) else state.theta
     card = {
         "name": cfg.name,
-        "train_config": cfg.to_dict(),
+        "train_config": cfg.training_dict(),
         "task_distribution": dataclasses.asdict(cfg.tasks),
         "estimator": dataclasses.asdict(cfg.estimator),
         "outer_steps": int(state.step),
@@ -487,8 +669,14 @@ def export(trainer: Trainer, state: TrainState, out: Path, wall_s: float) -> Pat
         "wall_time_s": round(wall_s, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, {platform.system()}, "
         f"jax {jax.__version__} ({jax.default_backend()})",
+        "devices": trainer.devices(),
         "commit": _git_commit(),
     }
-    path = save_params(out / f"{cfg.name}.npz", trainer.net(best), **card)
-    save_params(out / f"{cfg.name}-last.npz", trainer.net(state.theta), **dict(card, last=True))
+    path = out / f"{cfg.name}.npz"
+
+    def write():
+        save_params(path, trainer.net(best), **card)
+        save_params(out / f"{cfg.name}-last.npz", trainer.net(state.theta), **dict(card, last=True))
+
+    dist.on_main(write, error=ValueError)
     return path

@@ -185,8 +185,11 @@ class _Box(eqx.Module):
         return jnp.clip(c + h * z, self.lo, self.hi)
 
     def affine(self, z):
-        """``c + h z`` without clipping: for projected methods, whose ``z`` stays in the box."""
-        return 0.5 * (self.hi + self.lo) + 0.5 * (self.hi - self.lo) * z
+        """``c + h z`` for projected methods, whose ``z`` stays in the box. The value is clipped
+        to ``[lo, hi]`` (``c + h`` may round one ulp past ``hi``), the derivative is that of
+        ``c + h z`` (no clip: a projected gradient sees the objective's gradient at the bound)."""
+        x = 0.5 * (self.hi + self.lo) + 0.5 * (self.hi - self.lo) * z
+        return x + jax.lax.stop_gradient(jnp.clip(x, self.lo, self.hi) - x)
 
     def to_z(self, x):
         c, h = 0.5 * (self.hi + self.lo), 0.5 * (self.hi - self.lo)

@@ -1,0 +1,130 @@
+"""Figures of the physics benchmark (matplotlib, Agg backend, PNG and GIF).
+
+- ``fig_loss.png``: median over windows of the best-so-far objective vs evaluations;
+- ``fig_mpjpe.png``: median window MPJPE (mm) of the best-so-far iterate vs evaluations;
+- ``fig_skeleton.png``: ground truth vs reconstruction of one test clip, projected through
+  the clip's camera, a few frames side by side (with the 2D observations);
+- ``clip.gif``: the same as an animation (all frames).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from optimus.physics.model import BONES
+
+_COLORS = {
+    "optimus": "C3",
+    "optimus-noprecond": "C1",
+    "mlp": "C4",
+    "bfgs": "C0",
+    "lbfgs": "C9",
+    "adam": "C2",
+}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(results: dict, out: Path) -> None:
+    plt = _plt()
+    for key, fname, ylabel, log in (
+        ("losses", "fig_loss.png", "best objective (median over windows)", True),
+        ("mpjpe_hist", "fig_mpjpe.png", "window MPJPE of best iterate, mm (median)", False),
+    ):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for m, clips in results.items():
+            curves = np.array([w[key] for c in clips.values() for w in c["windows"]])
+            med = np.nanmedian(curves, axis=0)
+            ax.plot(np.arange(1, med.size + 1), med, label=m, color=_COLORS.get(m), lw=1.6)
+        ax.set_xlabel("objective+gradient evaluations")
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("MJX humanoid, window-by-window reconstruction")
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+
+
+def _project(camera: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    import jax.numpy as jnp
+
+    from optimus.physics.camera import project
+
+    return np.asarray(project(jnp.asarray(camera, jnp.float32), jnp.asarray(pts, jnp.float32)))
+
+
+def _draw(ax, uv, color, lw=2.0, label=None):
+    for i, (a, b) in enumerate(BONES):
+        ax.plot(
+            [uv[a, 0], uv[b, 0]],
+            [uv[a, 1], uv[b, 1]],
+            color=color,
+            lw=lw,
+            label=label if i == 0 else None,
+        )
+
+
+def plot_skeletons(clip: dict, results: dict, out: Path, method: str = "optimus") -> None:
+    """Ground truth vs reconstruction (``method``, and the best classical baseline BFGS when
+    present), projected, a few frames side by side; plus an animated GIF."""
+    plt = _plt()
+    key = "test[0]"
+    methods = [m for m in (method, "bfgs") if m in results and key in results[m]]
+    if not methods:
+        return
+    n = min(len(results[m][key]["kps"]) for m in methods)
+    gt = _project(clip["camera"], clip["kp3d"][:n])
+    rec = {m: _project(clip["camera"], results[m][key]["kps"][:n]) for m in methods}
+    obs = clip["obs2d"][:n]
+    conf = clip["conf"][:n]
+    lo = np.min([gt.min((0, 1))] + [r.min((0, 1)) for r in rec.values()], axis=0) - 40
+    hi = np.max([gt.max((0, 1))] + [r.max((0, 1)) for r in rec.values()], axis=0) + 40
+    frames = np.linspace(0, n - 1, 4).astype(int)
+    fig, axes = plt.subplots(1, len(frames), figsize=(3.2 * len(frames), 4.2))
+
+    def panel(ax, f):
+        ax.cla()
+        _draw(ax, gt[f], "k", 3.0, "ground truth")
+        for m in methods:
+            _draw(ax, rec[m][f], _COLORS.get(m, "C3"), 1.6, m)
+        ok = conf[f] > 0
+        ax.scatter(obs[f, ok, 0], obs[f, ok, 1], s=8, c="0.5", label="2D observations")
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(hi[1], lo[1])  # image y axis points down
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"t = {0.02 * (f + 1):.2f} s", fontsize=9)
+
+    for ax, f in zip(axes, frames, strict=True):
+        panel(ax, f)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("test clip 0: ground truth (black) vs reconstruction, camera view")
+    fig.tight_layout()
+    fig.savefig(out / "fig_skeleton.png", dpi=110)
+    plt.close(fig)
+
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    fig, ax = plt.subplots(figsize=(4, 4.6))
+
+    def update(f):
+        panel(ax, f)
+        ax.legend(fontsize=7, loc="lower left")
+        return []
+
+    anim = FuncAnimation(fig, update, frames=n, interval=40)
+    anim.save(out / "clip.gif", writer=PillowWriter(fps=25))
+    plt.close(fig)

@@ -1,0 +1,208 @@
+"""Physics task (MJX humanoid): data regeneration, objective, gradients, metrics.
+
+All simulator tests share one compiled value-and-gradient (``objective.value_and_grad``);
+JAX's persistent compilation cache in ``.jax_cache/`` (git-ignored) makes later runs fast.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco.mjx", reason="physics extra (mujoco-mjx) not installed")
+
+from optimus.physics import metrics as MT  # noqa: E402
+from optimus.physics import model as M  # noqa: E402
+from optimus.physics import motion as MO  # noqa: E402
+from optimus.physics import objective as O  # noqa: E402
+from optimus.physics.camera import make_camera, project  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache():
+    old_dir = jax.config.jax_compilation_cache_dir
+    old_min = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", ".jax_cache")
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", old_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return MO.load()
+
+
+def _clip(data, split="test", i=0):
+    return {k: v[i] for k, v in data[split].items()}
+
+
+def _gt_window(clip, w=0, model_dyn=None):
+    f, s = O.FRAMES_PER_WINDOW, O.STEPS_PER_WINDOW
+    sl = slice(w * f, (w + 1) * f)
+    return O.WindowObjective(
+        O.make_window(
+            M.model_arrays() if model_dyn is None else model_dyn,
+            clip["qpos"][w],
+            clip["qvel"][w],
+            clip["camera"],
+            clip["obs2d"][sl],
+            clip["conf"][sl],
+            clip["est3d"][sl],
+            k=2,
+            base=clip["targets"][w * s : (w + 1) * s],
+        ),
+        2,
+    )
+
+
+def _hold_window(clip, k, w=0):
+    f = O.FRAMES_PER_WINDOW
+    sl = slice(w * f, (w + 1) * f)
+    return O.WindowObjective(
+        O.make_window(
+            M.model_arrays(),
+            clip["qpos"][w],
+            clip["qvel"][w],
+            clip["camera"],
+            clip["obs2d"][sl],
+            clip["conf"][sl],
+            clip["est3d"][sl],
+            k=k,
+        ),
+        k,
+    )
+
+
+def test_dataset_layout(data):
+    assert set(data) == set(MO.SPLIT_IDS)
+    for split, n in MO.DEFAULT_SIZES.items():
+        d = data[split]
+        frames = MO.WINDOWS_PER_CLIP * O.FRAMES_PER_WINDOW
+        assert d["kp3d"].shape == (n, frames, M.N_KEYPOINTS, 3)
+        assert d["obs2d"].shape == (n, frames, M.N_KEYPOINTS, 2)
+        assert d["qpos"].shape == (n, MO.WINDOWS_PER_CLIP + 1, M.NQ)
+        assert np.all(np.isfinite(d["kp3d"]))
+        # nobody fell: pelvis stays above 80% of its initial height
+        pelvis = d["kp3d"][:, :, M.PELVIS, 2]
+        assert np.all(pelvis > 0.75 * pelvis[:, :1])
+    mism = data["test_mismatch"]["mismatch"]
+    assert np.all(np.any(mism != 1.0, axis=1))
+    assert np.all(data["test"]["mismatch"] == 1.0)
+    # splits are disjoint draws: no identical observations across splits
+    assert not np.allclose(data["test"]["obs2d"][0], data["val"]["obs2d"][0])
+
+
+def test_regenerating_a_clip_is_bit_exact(data):
+    for split in ("test", "test_mismatch"):
+        clip = MO.generate_clip(split, 0)
+        for key, val in clip.items():
+            np.testing.assert_array_equal(val, data[split][key][0], err_msg=f"{split}/{key}")
+
+
+def test_objective_at_ground_truth_is_near_noise_floor(data):
+    clip = _clip(data)
+    floor = 1.0 + O.LAMBDA_3D
+    values = []
+    for w in range(3):
+        val, q, _, kps, terms = _gt_window(clip, w).evaluate(np.zeros(2 * M.N_JOINTS))
+        # the true targets from the true state reproduce the stored ground truth exactly
+        np.testing.assert_allclose(
+            kps, clip["kp3d"][w * O.FRAMES_PER_WINDOW : (w + 1) * O.FRAMES_PER_WINDOW], atol=1e-4
+        )
+        np.testing.assert_allclose(q, clip["qpos"][w + 1], atol=1e-4)
+        values.append(val)
+        assert 0.5 * floor < val < 1.6 * floor, (val, terms)
+    # holding the start pose (theta = 0 of the reconstruction problem) is clearly worse
+    hold = _hold_window(clip, 4, 2).evaluate(np.zeros(4 * M.N_JOINTS))[0]
+    assert hold > 2.0 * values[2], (hold, values)
+
+
+def test_gradient_matches_central_differences(data):
+    # contact events make the window loss piecewise smooth (small jumps when a foot contact
+    # starts or ends); this window (arms and torso moving, feet planted) is smooth around x
+    clip = _clip(data, "test", 1)
+    obj = _hold_window(clip, 4, w=2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 0.05, obj.n)
+    f, g = obj.host_value_and_grad(x)
+    assert np.isfinite(f) and np.all(np.isfinite(g))
+    ok = 0
+    for _ in range(4):
+        d = rng.normal(size=obj.n)
+        d /= np.linalg.norm(d)
+        eps = 1e-3
+        fd = (obj.host_value_and_grad(x + eps * d)[0] - obj.host_value_and_grad(x - eps * d)[0]) / (
+            2 * eps
+        )
+        ad = float(g @ d)
+        ok += abs(fd - ad) <= 0.1 * abs(ad) + 0.05 * np.linalg.norm(g)
+    assert ok >= 3, "autodiff and central differences disagree"
+
+
+def test_padded_keyframes_do_not_change_the_objective(data):
+    clip = _clip(data)
+    obj = _hold_window(clip, 2)
+    theta = np.random.default_rng(1).normal(0.0, 0.05, O.K_MAX * M.N_JOINTS).astype(np.float32)
+    (v1, _), g1 = O.value_and_grad(theta, obj.data)
+    theta2 = theta.copy()
+    theta2[2 * M.N_JOINTS :] = 0.0
+    (v2, _), g2 = O.value_and_grad(theta2, obj.data)
+    # padded parameters only enter through the prior; their simulator gradient is zero
+    g1 = np.asarray(g1)[2 * M.N_JOINTS :]
+    prior_grad = O.ALPHA_PRIOR * 2 * theta[2 * M.N_JOINTS :] / (2 * M.N_JOINTS)
+    np.testing.assert_allclose(g1, prior_grad, rtol=1e-4, atol=1e-6)
+    assert float(v2) == pytest.approx(
+        float(v1) - O.ALPHA_PRIOR * np.sum(theta[2 * M.N_JOINTS :] ** 2) / (2 * M.N_JOINTS),
+        rel=1e-4,
+    )
+    assert np.asarray(g2).shape == (O.K_MAX * M.N_JOINTS,)
+
+
+def test_interpolation_matrix():
+    for k in (2, 4, 8):
+        w = O.interpolation_matrix(k)
+        assert w.shape == (O.STEPS_PER_WINDOW, O.K_MAX)
+        np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+        assert np.all(w[:, k:] == 0)
+        assert w[-1, k - 1] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        O.interpolation_matrix(1)
+
+
+def test_mismatch_model_shares_structure_but_differs():
+    nominal = M.model_arrays()
+    perturbed = M.model_arrays(M.Mismatch(mass=1.1, leg=1.05, arm=0.95, friction=0.8))
+    assert jax.tree_util.tree_structure(nominal) == jax.tree_util.tree_structure(perturbed)
+    np.testing.assert_allclose(np.asarray(perturbed.body_mass), 1.1 * np.asarray(nominal.body_mass))
+
+
+def test_camera_projection():
+    cam = make_camera(np.array([5.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0]))
+    uv = np.asarray(project(cam.astype(np.float32), np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.5]])))
+    np.testing.assert_allclose(uv[0], [500.0, 500.0], atol=1e-3)
+    assert uv[1, 1] < 500.0  # higher in the world = up in the image (smaller v)
+
+
+def test_metrics():
+    rng = np.random.default_rng(0)
+    gt = rng.normal(size=(5, M.N_KEYPOINTS, 3))
+    assert np.all(MT.mpjpe(gt, gt) == 0)
+    assert np.allclose(MT.pa_mpjpe(gt, gt), 0, atol=1e-9)
+    pred = gt + 0.05 * rng.normal(size=gt.shape)
+    assert np.all(MT.pa_mpjpe(pred, gt) <= MT.mpjpe(pred, gt) + 1e-9)
+    # a rigid motion + scale of the prediction does not change PA-MPJPE
+    angle = 0.7
+    rot = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    moved = 1.3 * pred @ rot.T + np.array([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(MT.pa_mpjpe(moved, gt), MT.pa_mpjpe(pred, gt), rtol=1e-6)
+    # a translation does not change the root-aligned MPJPE, but does change MPJPE
+    shifted = pred + np.array([0.1, 0.0, 0.0])
+    np.testing.assert_allclose(MT.root_aligned_mpjpe(shifted, gt), MT.root_aligned_mpjpe(pred, gt))
+    assert np.all(MT.mpjpe(shifted, gt) > MT.mpjpe(pred, gt))
+    # 1 m = 1000 mm
+    assert MT.mpjpe(gt + np.array([1.0, 0, 0]), gt) == pytest.approx(np.full(5, 1000.0))

@@ -7,16 +7,15 @@ JAX's persistent compilation cache in ``.jax_cache/`` (git-ignored) makes later 
 from __future__ import annotations
 
 import jax
+import mujoco.mjx  # noqa: F401  (the physics extra is required: fail loudly, never skip)
 import numpy as np
 import pytest
 
-pytest.importorskip("mujoco.mjx", reason="physics extra (mujoco-mjx) not installed")
-
-from optimus.physics import metrics as MT  # noqa: E402
-from optimus.physics import model as M  # noqa: E402
-from optimus.physics import motion as MO  # noqa: E402
-from optimus.physics import objective as O  # noqa: E402
-from optimus.physics.camera import make_camera, project  # noqa: E402
+from optimus.physics import metrics as MT
+from optimus.physics import model as M
+from optimus.physics import motion as MO
+from optimus.physics import objective as O
+from optimus.physics.camera import make_camera, project
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -206,3 +205,26 @@ def test_metrics():
     assert np.all(MT.mpjpe(shifted, gt) > MT.mpjpe(pred, gt))
     # 1 m = 1000 mm
     assert MT.mpjpe(gt + np.array([1.0, 0, 0]), gt) == pytest.approx(np.full(5, 1000.0))
+
+
+def test_bench_smoke(tmp_path):
+    import argparse
+    import json
+
+    from optimus.physics import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(
+        ["--quick", "--out", str(tmp_path), "--clips", "1", "--windows", "1", "--evals", "3"]
+        + ["--methods", "adam,bfgs"]
+    )
+    assert bench.main(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["methods"]) == {"adam", "bfgs"}
+    for r in summary["methods"].values():
+        assert np.isfinite(r["median_final_loss"]) and r["median_mpjpe_mm"] > 0
+        assert r["n_windows"] == 2  # one window of one clip of each test split
+    assert summary["ground_truth_median_loss"] < summary["methods"]["adam"]["median_final_loss"]
+    for name in ("report.md", "fig_loss.png", "fig_mpjpe.png", "fig_skeleton.png", "clip.gif"):
+        assert (tmp_path / name).stat().st_size > 0

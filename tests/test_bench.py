@@ -89,8 +89,10 @@ def test_csv_rows_columns_and_budget(tiny_run):
             assert float(r["learning_rate"]) in B.LR_GRIDS["full"]["sgd"]
         else:
             assert r["learning_rate"] == ""
-        if r["method"] in ("optimus", "sgd"):  # one evaluation per iteration
-            assert int(r["iterations"]) == evals
+        if r["method"] in ("optimus", "sgd"):
+            # one evaluation per iteration, except rejected trial points (an increase for
+            # optimus' acceptance rule, a non-finite value for both): evaluations only
+            assert 1 <= int(r["iterations"]) <= evals
     # learned and first-order methods never stop early on these problems
     assert full >= len(rows) * 2 // 3
 

@@ -165,7 +165,8 @@ def _settings(results: BenchResults, versions: dict[str, str], figures: Sequence
         f"- Methods requested: {', '.join(c.methods)}; run: {', '.join(results.methods)}",
         f"- Budget: {c.steps} objective+gradient evaluations per run "
         f"(`steps = max_evals = {c.steps}`, `gtol = 0`); every method works in box-normalised "
-        "coordinates (`bounds = (lo, hi)` of the problem). BFGS / L-BFGS spend several "
+        "coordinates z = (x - c) / h of the problem's box, unconstrained (the box scales the "
+        "problem; every optimum lies inside it). BFGS / L-BFGS spend several "
         "evaluations per iteration (the `iterations` column of results.csv); a run can stop "
         "before the budget (line search failure, non-finite objective, exactly zero gradient): "
         "its best value is then carried forward.",

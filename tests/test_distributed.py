@@ -318,7 +318,11 @@ def test_lost_process_leaves_a_resumable_checkpoint(tmp_path, mini, cache):
     p1.wait()
     rc, text = _finish(p0, log0, timeout=120)  # the survivor stops, it does not hang
     assert rc != 0 and time.time() - t_kill < 120
-    assert "another process was lost" in text and "--resume" in text, text[-3000:]
+    # usually our message (the failed collective is seen first); if JAX's coordination
+    # service notices the lost process first, it ends the survivor with its own message
+    assert ("another process was lost" in text and "--resume" in text) or (
+        "another task died" in text and "restarted with --resume" in text
+    ), text[-3000:]
 
     from optimus.meta import checkpoint as ckpt
     from optimus.meta.train import Trainer, load_config

@@ -63,6 +63,28 @@ def _shard(tree: Any, sharding: jax.sharding.Sharding | None) -> Any:
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
 
 
+def _fresh(task, theta: jax.Array, keys: jax.Array, sharding: jax.sharding.Sharding | None):
+    """Fresh problems for a batch of keys: ``vmap`` of ``task.init``, except on a mesh of
+    several CPU devices in one process, where it is a ``lax.map`` (one problem at a time).
+
+    Why: sampling a rotation runs a LAPACK QR, and jaxlib's CPU kernel for a *batch* of QRs
+    splits the batch over XLA's intra-op thread pool and blocks until it is done. When every
+    CPU device of the process runs that kernel at once, all pool threads block waiting for
+    work queued behind themselves: a deadlock (observed with 4 forced CPU devices and 16
+    problems per device). One problem at a time never splits. The problems are the same up
+    to float rounding; GPUs/TPUs and single-device runs keep the ``vmap``."""
+    init = lambda k: task.init(theta, k, False)  # noqa: E731
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is not None:
+        local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+        if len(local) > 1 and local[0].platform == "cpu":
+            # (devices, per device): the map runs along each device's own share
+            per_device = _shard(keys.reshape(mesh.size, -1), sharding)
+            out = jax.vmap(lambda ks: jax.lax.map(init, ks))(per_device)
+            return jax.tree.map(lambda a: a.reshape((keys.shape[0],) + a.shape[2:]), out)
+    return jax.vmap(init)(keys)
+
+
 def _perturbations(key: jax.Array, num_pairs: int, theta: jax.Array, sigma: float):
     return sigma * jax.random.normal(key, (num_pairs,) + theta.shape, theta.dtype)
 
@@ -92,7 +114,7 @@ def pes_estimate(
     eps = _shard(_perturbations(k_eps, num_pairs, theta, sigma), particle_sharding)
     # a fresh problem per pair, used if the pair's current problem ends inside this truncation
     nxt_keys = _shard(jax.random.split(k_next, num_pairs), particle_sharding)
-    nxt = _shard(jax.vmap(lambda k: task.init(theta, k, False))(nxt_keys), particle_sharding)
+    nxt = _shard(_fresh(task, theta, nxt_keys, particle_sharding), particle_sharding)
 
     def run(th, s, n):
         return task.unroll(th, s, truncation, n)
@@ -134,7 +156,7 @@ def es_estimate(
     k_eps, k_task = jax.random.split(key)
     eps = _shard(_perturbations(k_eps, num_pairs, theta, sigma), particle_sharding)
     keys = _shard(jax.random.split(k_task, num_pairs), particle_sharding)
-    starts = _shard(jax.vmap(lambda k: task.init(theta, k, False))(keys), particle_sharding)
+    starts = _shard(_fresh(task, theta, keys, particle_sharding), particle_sharding)
 
     def total(th, s):
         return jnp.sum(task.unroll(th, s, horizon, s)[1])
@@ -156,7 +178,7 @@ def full_loss(
 ):
     """Mean full-horizon meta-loss at ``theta`` over ``num_tasks`` fresh problems."""
     keys = _shard(jax.random.split(key, num_tasks), particle_sharding)
-    starts = _shard(jax.vmap(lambda k: task.init(theta, k, False))(keys), particle_sharding)
+    starts = _shard(_fresh(task, theta, keys, particle_sharding), particle_sharding)
 
     def total(s):
         return jnp.sum(task.unroll(theta, s, horizon, s)[1])

@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 import tomllib
 import typing
@@ -489,6 +490,14 @@ def train(
         {"config": config.training_dict(), "launch": launch, "resume": resume, "stop": stop_after}
     )
     main = dist.is_main()
+    if dist.multi_process():
+        print(
+            f"optimus: process {dcfg.process_id} of {dcfg.num_processes} joined; if a process "
+            "is lost the others stop, and the run continues from its last checkpoint when every "
+            "process is restarted with --resume",
+            file=sys.stderr,
+            flush=True,
+        )
     out = Path(out)
     ckdir = out / "checkpoints"
     cfg_json = json.dumps(config.training_dict(), indent=2, sort_keys=True)

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench targets throughput pretrained stress clean
+.PHONY: demo test lint format docs bench targets throughput pretrained stress clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,12 +14,17 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
+
+# regenerate docs/api.md, docs/model-cards.md and the tables of docs/when-to-use.md
+# (tests/test_docs.py fails when they are stale)
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_docs.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

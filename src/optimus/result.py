@@ -68,8 +68,9 @@ class OptimizeResult(_ScipyResult):
     (objective at the last evaluated point), ``n_fallback`` (learned methods: network steps
     replaced by the safeguard's safe gradient step), ``n_rejected`` (trial points rejected
     because the objective or gradient was non-finite, or, for learned methods, worse after a
-    safeguard step; first-order and learned methods retry them with a halved step, line
-    searches shrink theirs), ``method``, for preconditioned
+    safeguard step or, for learned models with step acceptance (``NetConfig.monotone``, all
+    shipped ones), worse than the best accepted point; first-order and learned methods retry
+    them with a halved step, line searches shrink theirs), ``method``, for preconditioned
     methods ``hess_inv`` (the inverse-Hessian estimate or learned preconditioner ``B``), and
     after ``status == OBJECTIVE_ERROR`` the exception the objective raised in ``exception``.
     """

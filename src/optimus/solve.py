@@ -438,7 +438,9 @@ def minimize(
       the point is rejected and never becomes the result. BFGS/L-BFGS treat it as
       :math:`+\infty` and their line search shrinks the step. First-order and learned
       methods retry the point half-way back to the last accepted point, up to
-      ``MAX_RETRIES = 30`` times in a row (``result.n_rejected`` counts the retries); if the
+      ``MAX_RETRIES = 30`` times in a row (``result.n_rejected`` counts the retries, and for
+      the shipped learned models also the trial points their step-acceptance rule rejected
+      for an increase, see :mod:`optimus.optimizers.acceptance`); if the
       objective is still non-finite the solve stops with ``status=NONFINITE``,
       ``success=False`` and the best finite iterate. Non-finite at ``x0``: clean stop with
       ``NO_FINITE_POINT``.
@@ -577,7 +579,8 @@ def minimize(
         method=method,
         hess_inv=hess_inv,
         n_fallback=int(n_fallback),
-        n_rejected=int(carry.n_rejected),
+        # driver-level retries of non-finite points + the learned models' acceptance rule
+        n_rejected=int(carry.n_rejected) + int(getattr(carry.state, "n_reject", 0)),
         last_fun=float(carry.last_f),
         eval_history=np.asarray(carry.eval_hist)[: int(carry.nfev)],
         **extra,

@@ -186,33 +186,37 @@ def mj_model(mismatch: Mismatch = NOMINAL):
 
 @functools.lru_cache(maxsize=1)
 def _nominal_split():
+    """``(treedef, static)``: the tree structure of the MJX model's JAX arrays and its static
+    part (NumPy index arrays, options), both of the nominal body."""
     from mujoco import mjx
 
     model = mjx.put_model(mj_model(NOMINAL))
-    return eqx.partition(model, _is_jax_array)
+    dyn, static = eqx.partition(model, _is_jax_array)
+    return jax.tree_util.tree_structure(dyn), static
 
 
 def _is_jax_array(x) -> bool:
     return isinstance(x, jax.Array)
 
 
-def model_arrays(mismatch: Mismatch = NOMINAL):
-    """The traced part (all JAX arrays) of the MJX model of a body; the static part (NumPy
-    index arrays, options) is shared by every body, so a perturbed body reuses the compiled
-    simulation."""
+def model_arrays(mismatch: Mismatch = NOMINAL) -> tuple[jax.Array, ...]:
+    """The MJX model of a body as a flat tuple of JAX arrays (traced under jit). The static
+    part (NumPy index arrays, options) is the nominal body's and stays outside, so a perturbed
+    body reuses the compiled simulation and objectives holding these arrays are hashable."""
     from mujoco import mjx
 
     model = mjx.put_model(mj_model(mismatch))
-    dyn, static = eqx.partition(model, _is_jax_array)
-    nom_static = _nominal_split()[1]
-    if jax.tree_util.tree_structure(static) != jax.tree_util.tree_structure(nom_static):
+    dyn, _ = eqx.partition(model, _is_jax_array)
+    leaves, treedef = jax.tree_util.tree_flatten(dyn)
+    if treedef != _nominal_split()[0]:
         raise ValueError("the perturbed model changes the model's structure")
-    return dyn
+    return tuple(leaves)
 
 
-def full_model(dyn):
-    """Rebuild the MJX model from its traced part."""
-    return eqx.combine(dyn, _nominal_split()[1])
+def full_model(arrays):
+    """Rebuild the MJX model from :func:`model_arrays`."""
+    treedef, static = _nominal_split()
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, list(arrays)), static)
 
 
 def keypoint_ids() -> np.ndarray:
@@ -243,7 +247,7 @@ def initial_state(mismatch: Mismatch = NOMINAL) -> tuple[np.ndarray, np.ndarray]
     return qpos, np.zeros(m.nv)
 
 
-def rollout(model_dyn, qpos: jax.Array, qvel: jax.Array, targets: jax.Array):
+def rollout(model_arrays, qpos: jax.Array, qvel: jax.Array, targets: jax.Array):
     """Simulate ``targets.shape[0]`` physics steps (a multiple of ``SUBSTEPS``) from
     ``(qpos, qvel)`` with PD targets ``targets`` ``(steps, 21)``.
 
@@ -252,7 +256,7 @@ def rollout(model_dyn, qpos: jax.Array, qvel: jax.Array, targets: jax.Array):
     """
     from mujoco import mjx
 
-    model = full_model(model_dyn)
+    model = full_model(model_arrays)
     kp, _, tau_max = (jnp.asarray(a, qpos.dtype) for a in pd_gains())
     ids = jnp.asarray(keypoint_ids())
     n_frames = targets.shape[0] // SUBSTEPS

@@ -64,7 +64,7 @@ def interpolation_matrix(k: int, steps: int = STEPS_PER_WINDOW, k_max: int = K_M
 class WindowData(eqx.Module):
     """Everything one window's objective needs; all arrays (traced under jit)."""
 
-    model: object  # traced arrays of the MJX model (model.model_arrays)
+    model: tuple  # the MJX model's arrays (model.model_arrays), traced
     qpos0: jax.Array  # (28,) state at the window start
     qvel0: jax.Array  # (27,)
     base: jax.Array  # (steps, 21) base PD targets

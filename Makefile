@@ -32,7 +32,7 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/optimus bench --quick --out bench_results/quick
 
-# the full protocol of the spec (about 2 hours on 2 CPU cores)
+# the full protocol of the spec (about 40 minutes on 2 CPU cores)
 bench: $(STAMP)
 	$(BIN)/optimus bench --out bench_results/full
 

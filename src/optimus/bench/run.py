@@ -95,13 +95,11 @@ LR_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
 #: Estimate of the full default run from per-run costs measured on the 2-core development
 #: machine (shared with a meta-training run), quoted in the report.
 FULL_RUNTIME_NOTE = (
-    "about 2 hours on 2 CPU cores (8 methods, 10 functions x 3 variants x dims 2-1000, 10 "
-    "evaluation + 2 tuning seeds; 12,720 evaluation runs and 13,674 tuning runs). "
-    "Measured per 100-evaluation run at n = 1000: optimus ~9 s, optimus-noprecond ~11 s, "
-    "bfgs / lbfgs ~0.1 s, adam / sgd / sgdm / mlp <= 0.05 s; at n = 300: optimus ~0.3 s, "
-    "optimus-noprecond ~0.7 s; compilation 5-50 s per (method, dimension), about 12 min in "
-    "all. About 75% of the time is optimus and optimus-noprecond at n = 1000 (dense B and "
-    "attention over 1000 tokens); `--dims 2,10,30,100,300` takes about 30 min."
+    "about 40 minutes on 2 CPU cores (9 methods, 10 functions x 3 variants x dims 2-1000, "
+    "10 evaluation + 2 tuning seeds; the measured total of a run is in the first line of its "
+    "report). Measured per 100-evaluation run at n = 1000: optimus ~1.4 s, optimus-noprecond "
+    "~1.2 s, bfgs / lbfgs ~0.05 s, mlp ~0.03 s, adam / sgd / sgdm ~0.01 s; compilation 5-50 s "
+    "per (method, dimension). `--dims 2,10,30,100,300` with two variants takes about 10 min."
 )
 
 

@@ -229,3 +229,11 @@ def test_bench_smoke(tmp_path):
     assert summary["ground_truth_median_loss"] < summary["methods"]["adam"]["median_final_loss"]
     for name in ("report.md", "fig_loss.png", "fig_mpjpe.png", "fig_skeleton.png", "clip.gif"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_pa_mpjpe_of_a_diverged_frame_is_nan():
+    gt = np.random.default_rng(0).normal(size=(2, M.N_KEYPOINTS, 3))
+    pred = gt.copy()
+    pred[1, 3, 0] = np.nan
+    err = MT.pa_mpjpe(pred, gt)
+    assert err[0] == pytest.approx(0.0, abs=1e-9) and np.isnan(err[1])

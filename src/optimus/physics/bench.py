@@ -168,7 +168,9 @@ def tune_adam(data: dict, settings: dict, log) -> float:
         clip = {k: v[i] for k, v in val.items()}
         obj = _window(clip, 0, clip["qpos"][0], clip["qvel"][0], settings["ks"][0], dyn)
         for lr in ADAM_LRS:
-            finals[lr].append(solve_window(obj, "adam", settings["evals"], lr)["final"])
+            finals[lr].append(
+                _finite_or_inf(solve_window(obj, "adam", settings["evals"], lr)["final"])
+            )
     med = {lr: float(np.median(v)) for lr, v in finals.items()}
     best = min(med, key=med.get)
     log(f"adam lr tuning on validation windows (median final loss): {med} -> {best}")
@@ -207,14 +209,22 @@ def reconstruct_clip(clip: dict, method: str, settings: dict, k0: int, lr=None) 
         out["k"] = k
         qpos, qvel = out["qpos"], out["qvel"]
         windows.append(out)
+        if not (np.all(np.isfinite(qpos)) and np.all(np.isfinite(qvel))):
+            break  # the simulation diverged: the clip is a failure (metrics become inf)
     kps = np.concatenate([w["kps"] for w in windows])
     gt = clip["kp3d"][: len(kps)]
+    ok = len(windows) == settings["windows"] and bool(np.all(np.isfinite(kps)))
+
+    def err(fn) -> float:
+        return float(fn(kps, gt).mean()) if ok else float("inf")
+
     return dict(
         windows=windows,
         kps=kps,
-        mpjpe=float(MT.mpjpe(kps, gt).mean()),
-        root_mpjpe=float(MT.root_aligned_mpjpe(kps, gt).mean()),
-        pa_mpjpe=float(MT.pa_mpjpe(kps, gt).mean()),
+        diverged=not ok,
+        mpjpe=err(MT.mpjpe),
+        root_mpjpe=err(MT.root_aligned_mpjpe),
+        pa_mpjpe=err(MT.pa_mpjpe),
     )
 
 
@@ -244,6 +254,10 @@ def gt_window_losses(clip: dict, n_windows: int) -> list[float]:
     return out
 
 
+def _finite_or_inf(x: float) -> float:
+    return float(x) if np.isfinite(x) else float("inf")
+
+
 def _evals_to_reach(losses: np.ndarray, target: float) -> float:
     hit = np.nonzero(losses <= target)[0]
     return float(hit[0] + 1) if hit.size else float("inf")
@@ -259,7 +273,9 @@ def summarize(results: dict, settings: dict, gt_losses: dict) -> dict[str, Any]:
     for key in results[methods[0]]:
         if not base:
             break
-        target = (1 + EPS) * min(results[b][key]["windows"][0]["final"] for b in base)
+        target = (1 + EPS) * min(
+            _finite_or_inf(results[b][key]["windows"][0]["final"]) for b in base
+        )
         for m in methods:
             reach[m].append(_evals_to_reach(results[m][key]["windows"][0]["losses"], target))
     for m in methods:
@@ -268,6 +284,8 @@ def summarize(results: dict, settings: dict, gt_losses: dict) -> dict[str, Any]:
         # median over windows: robust to the one window per (method, K) that compiles the
         # optimizer's own step
         per_eval = float(np.median([w["wall"] / max(w["nfev"], 1) for w in wins]))
+        for w in wins:
+            w["final"] = _finite_or_inf(w["final"])
         r = np.array(reach[m]) if reach[m] else np.array([np.nan])
         by_split = {}
         for split in ("test", "test_mismatch"):
@@ -296,7 +314,8 @@ def summarize(results: dict, settings: dict, gt_losses: dict) -> dict[str, Any]:
             median_pa_mpjpe_mm=float(np.median([c["pa_mpjpe"] for c in clips])),
             median_evals_to_reach=float(np.median(r)),
             reached_fraction=float(np.mean(np.isfinite(r))),
-            failure_rate=float(np.mean([c["mpjpe"] > FAIL_MM for c in clips])),
+            failure_rate=float(np.mean([not c["mpjpe"] <= FAIL_MM for c in clips])),
+            diverged_clips=int(sum(c["diverged"] for c in clips)),
             wall_ms_per_eval=1000.0 * per_eval,
             n_windows=len(wins),
             n_clips=len(clips),

@@ -96,8 +96,8 @@ def plot_skeletons(clip: dict, results: dict, out: Path, method: str = "optimus"
     rec = {m: _project(clip["camera"], results[m][key]["kps"][:n]) for m in methods}
     obs = clip["obs2d"][:n]
     conf = clip["conf"][:n]
-    lo = np.min([gt.min((0, 1))] + [r.min((0, 1)) for r in rec.values()], axis=0) - 40
-    hi = np.max([gt.max((0, 1))] + [r.max((0, 1)) for r in rec.values()], axis=0) + 40
+    lo = np.nanmin([gt.min((0, 1))] + [np.nanmin(r, (0, 1)) for r in rec.values()], axis=0) - 40
+    hi = np.nanmax([gt.max((0, 1))] + [np.nanmax(r, (0, 1)) for r in rec.values()], axis=0) + 40
     frames = np.linspace(0, n - 1, 4).astype(int)
     fig, axes = plt.subplots(1, len(frames), figsize=(3.2 * len(frames), 4.2))
 

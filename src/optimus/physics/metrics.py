@@ -12,7 +12,7 @@ frame:
   :math:`s = \mathrm{tr}(\Sigma D)/\|X\|_F^2`).
 
 Every function takes arrays of shape ``(..., J, 3)`` in metres and returns per-frame errors
-``(...)`` in millimetres.
+``(...)`` in millimetres (NaN for a frame whose prediction is not finite).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def procrustes_align(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """``pred`` mapped by the best similarity transform onto ``gt`` (per frame)."""
     pred = np.asarray(pred, np.float64)
     gt = np.asarray(gt, np.float64)
+    bad = ~np.all(np.isfinite(pred), axis=(-1, -2))  # a diverged frame stays NaN
+    pred = np.where(bad[..., None, None], 0.0, pred)
     mx = pred.mean(-2, keepdims=True)
     my = gt.mean(-2, keepdims=True)
     x = pred - mx
@@ -52,7 +54,8 @@ def procrustes_align(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     d[..., -1] = sign
     rot = v @ (d[..., :, None] * ut)
     scale = (s * d).sum(-1) / np.maximum((x**2).sum((-1, -2)), 1e-12)
-    return scale[..., None, None] * (x @ np.swapaxes(rot, -1, -2)) + my
+    out = scale[..., None, None] * (x @ np.swapaxes(rot, -1, -2)) + my
+    return np.where(bad[..., None, None], np.nan, out)
 
 
 def pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

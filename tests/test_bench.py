@@ -348,3 +348,12 @@ def test_scipy_reference_matches_optimus_lbfgs_on_a_quadratic(tmp_path):
             ours = best[("lbfgs", f, seed)]
             assert v <= max(10 * ours, 1e-8), (f, seed, v, ours)
     assert "scipy-lbfgsb" in (out / "report.md").read_text()
+
+
+def test_bench_physics_subcommand_is_wired():
+    from optimus import cli
+
+    args = cli.build_parser().parse_args(["bench", "physics", "--quick", "--out", "somewhere"])
+    assert args.func is cli._bench_physics and args.quick and args.out == "somewhere"
+    args = cli.build_parser().parse_args(["bench", "--quick"])
+    assert args.func is cli._bench

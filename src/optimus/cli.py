@@ -74,6 +74,15 @@ def _bench(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
 
 
+def _bench_physics(args: argparse.Namespace) -> int:
+    from optimus.physics.bench import main
+
+    try:
+        return main(args)
+    except (ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="optimus", description="Transformer-based learned optimization"
@@ -126,9 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     from optimus.bench.run import add_arguments
 
-    b = sub.add_parser("bench", help="benchmark optimizers on the test functions")
+    b = sub.add_parser(
+        "bench",
+        help="benchmark optimizers on the test functions (or: optimus bench physics ...)",
+    )
     add_arguments(b)
     b.set_defaults(func=_bench)
+    suites = b.add_subparsers(dest="suite", required=False, metavar="{physics}")
+    ph = suites.add_parser(
+        "physics", help="humanoid motion reconstruction with MuJoCo MJX (optimus.physics)"
+    )
+    from optimus.physics.bench import add_arguments as add_physics_arguments
+
+    add_physics_arguments(ph)
+    ph.set_defaults(func=_bench_physics)
     return p
 
 

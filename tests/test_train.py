@@ -154,3 +154,33 @@ def test_cli_errors_are_one_line_messages(tmp_path, tiny_config, capsys):
     blocker.write_text("not a folder")  # a folder cannot be created below a file, even as root
     code = cli_main(["train", "--config", str(tiny_config), "--out", str(blocker / "run")])
     assert code == 2 and "not writable" in capsys.readouterr().err
+
+
+def test_nonfinite_meta_gradient_is_skipped_and_counted(tmp_path, tiny_config, monkeypatch):
+    """A NaN meta-gradient is never applied: theta and the Adam state stay, the step counts."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    import optimus.meta.train as T
+    from optimus.serialization import load_params
+
+    real = T.pes_estimate
+
+    def nan_estimate(*args, **kwargs):
+        g, pes, metrics = real(*args, **kwargs)
+        return g * jnp.nan, pes, metrics
+
+    monkeypatch.setattr(T, "pes_estimate", nan_estimate)
+    cfg = load_config(tiny_config, ["outer.steps=3", "outer.seed=77", "run.checkpoint_every=1"])
+    out = tmp_path / "run"
+    train(cfg, out, progress=False)
+    with open(out / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["skipped"]) for r in rows] == [1, 1, 1]
+    theta0 = Trainer(cfg).init_state().theta
+    net, _ = load_params(out / "optimus-last.npz")
+    theta, _ = ravel_pytree(eqx.filter(net, eqx.is_array))
+    np.testing.assert_array_equal(np.asarray(theta), np.asarray(theta0))
+    card = (out / "optimus.json").read_text()
+    assert '"skipped_steps": 3' in card

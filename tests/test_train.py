@@ -184,3 +184,29 @@ def test_nonfinite_meta_gradient_is_skipped_and_counted(tmp_path, tiny_config, m
     np.testing.assert_array_equal(np.asarray(theta), np.asarray(theta0))
     card = (out / "optimus.json").read_text()
     assert '"skipped_steps": 3' in card
+
+
+def test_disk_full_while_checkpointing_is_a_clear_error_and_keeps_the_last_checkpoint(
+    tmp_path, tiny_config, monkeypatch
+):
+    import errno
+
+    calls = {"n": 0}
+    real = ckpt.atomic_write_bytes
+
+    def full_after_first_checkpoint(path, data):
+        calls["n"] += 1
+        if calls["n"] > 3:  # state.npz, meta.json and `latest` of the first checkpoint succeed
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", full_after_first_checkpoint)
+    cfg = load_config(tiny_config, ["outer.steps=4", "outer.seed=78", "run.checkpoint_every=2"])
+    out = tmp_path / "run"
+    with pytest.raises(ckpt.CheckpointError, match="No space left on device"):
+        train(cfg, out, progress=False)
+    latest = ckpt.latest_checkpoint(out / "checkpoints")
+    assert latest is not None and latest.name == "step_0000002"
+    assert not list((out / "checkpoints").glob(".tmp_*"))  # no half-written folder is left
+    state, meta = ckpt.load_checkpoint(latest, Trainer(cfg).init_state())
+    assert meta["step"] == 2

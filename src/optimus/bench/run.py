@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import os
 import platform
@@ -453,11 +454,10 @@ def _scipy_solve(problem, x0, budget: int):
     not counted: the result is the best of the first ``budget`` evaluations."""
     from types import SimpleNamespace
 
-    import jax
     import jax.numpy as jnp
     import scipy.optimize
 
-    vg = _scipy_value_and_grad(problem)
+    vg = _scipy_value_and_grad()
     z0 = np.asarray(problem.to_unit(jnp.asarray(x0)), np.float64)
     values: list[float] = []
 
@@ -476,7 +476,6 @@ def _scipy_solve(problem, x0, budget: int):
         options=dict(maxfun=budget, maxiter=budget, ftol=0.0, gtol=0.0),
     )
     wall = time.perf_counter() - t0
-    jax.block_until_ready(res.x)
     vals = np.asarray(values[:budget], np.float64)
     finite = np.where(np.isfinite(vals), vals, np.inf)
     best_curve = np.minimum.accumulate(finite) if vals.size else np.array([np.inf])
@@ -494,18 +493,14 @@ def _scipy_solve(problem, x0, budget: int):
     return out, wall
 
 
-_VG_CACHE: dict[str, Any] = {}
-
-
-def _scipy_value_and_grad(problem):
+@functools.cache
+def _scipy_value_and_grad():
     """One jitted ``value_and_grad`` of ``Problem.unit_objective`` (the problem is an argument,
     so every instance of a (function, dimension) shares one compilation)."""
-    if "vg" not in _VG_CACHE:
-        import equinox as eqx
-        import jax
+    import equinox as eqx
+    import jax
 
-        _VG_CACHE["vg"] = eqx.filter_jit(lambda p, z: jax.value_and_grad(p.unit_objective)(z))
-    return _VG_CACHE["vg"]
+    return eqx.filter_jit(lambda p, z: jax.value_and_grad(p.unit_objective)(z))
 
 
 def _problem(name: str, variant: str, n: int, seed: int, tuning: bool):

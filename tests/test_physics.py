@@ -39,40 +39,12 @@ def _clip(data, split="test", i=0):
 
 
 def _gt_window(clip, w=0, model_dyn=None):
-    f, s = O.FRAMES_PER_WINDOW, O.STEPS_PER_WINDOW
-    sl = slice(w * f, (w + 1) * f)
-    return O.WindowObjective(
-        O.make_window(
-            M.model_arrays() if model_dyn is None else model_dyn,
-            clip["qpos"][w],
-            clip["qvel"][w],
-            clip["camera"],
-            clip["obs2d"][sl],
-            clip["conf"][sl],
-            clip["est3d"][sl],
-            k=2,
-            base=clip["targets"][w * s : (w + 1) * s],
-        ),
-        2,
-    )
+    dyn = M.model_arrays() if model_dyn is None else model_dyn
+    return O.clip_window(clip, w, 2, dyn, ground_truth=True)
 
 
 def _hold_window(clip, k, w=0):
-    f = O.FRAMES_PER_WINDOW
-    sl = slice(w * f, (w + 1) * f)
-    return O.WindowObjective(
-        O.make_window(
-            M.model_arrays(),
-            clip["qpos"][w],
-            clip["qvel"][w],
-            clip["camera"],
-            clip["obs2d"][sl],
-            clip["conf"][sl],
-            clip["est3d"][sl],
-            k=k,
-        ),
-        k,
-    )
+    return O.clip_window(clip, w, k, M.model_arrays())
 
 
 def test_dataset_layout(data):

@@ -98,19 +98,7 @@ class _Recorder:
 def _window(clip: dict, w: int, qpos, qvel, k: int, model_dyn):
     from optimus.physics import objective as O
 
-    f = O.FRAMES_PER_WINDOW
-    sl = slice(w * f, (w + 1) * f)
-    data = O.make_window(
-        model_dyn,
-        qpos,
-        qvel,
-        clip["camera"],
-        clip["obs2d"][sl],
-        clip["conf"][sl],
-        clip["est3d"][sl],
-        k=k,
-    )
-    return O.WindowObjective(data, k)
+    return O.clip_window(clip, w, k, model_dyn, qpos=qpos, qvel=qvel)
 
 
 def solve_window(
@@ -235,23 +223,11 @@ def gt_window_losses(clip: dict, n_windows: int) -> list[float]:
     from optimus.physics import objective as O
 
     dyn = M.model_arrays(M.Mismatch(*map(float, clip["mismatch"])))
-    f, s = O.FRAMES_PER_WINDOW, O.STEPS_PER_WINDOW
-    out = []
-    for w in range(n_windows):
-        sl = slice(w * f, (w + 1) * f)
-        data = O.make_window(
-            dyn,
-            clip["qpos"][w],
-            clip["qvel"][w],
-            clip["camera"],
-            clip["obs2d"][sl],
-            clip["conf"][sl],
-            clip["est3d"][sl],
-            k=2,
-            base=clip["targets"][w * s : (w + 1) * s],
-        )
-        out.append(O.WindowObjective(data, 2).evaluate(np.zeros(2 * M.N_JOINTS))[0])
-    return out
+    theta = np.zeros(2 * M.N_JOINTS)
+    return [
+        O.clip_window(clip, w, 2, dyn, ground_truth=True).evaluate(theta)[0]
+        for w in range(n_windows)
+    ]
 
 
 def _finite_or_inf(x: float) -> float:

@@ -169,3 +169,27 @@ class WindowObjective(eqx.Module):
     @property
     def bounds(self) -> tuple[float, float]:
         return (-THETA_BOUND, THETA_BOUND)
+
+
+def clip_window(
+    clip: dict, w: int, k: int, model_dyn, *, qpos=None, qvel=None, ground_truth: bool = False
+) -> WindowObjective:
+    """The objective of window ``w`` of a dataset clip (:mod:`optimus.physics.motion`).
+
+    The window starts from ``qpos``/``qvel`` (default: the clip's true state at the window
+    start). With ``ground_truth`` the base PD targets are the clip's true targets, so
+    ``theta = 0`` is the ground-truth motion; otherwise the base holds the start pose."""
+    f, s = FRAMES_PER_WINDOW, STEPS_PER_WINDOW
+    sl = slice(w * f, (w + 1) * f)
+    data = make_window(
+        model_dyn,
+        clip["qpos"][w] if qpos is None else qpos,
+        clip["qvel"][w] if qvel is None else qvel,
+        clip["camera"],
+        clip["obs2d"][sl],
+        clip["conf"][sl],
+        clip["est3d"][sl],
+        k=k,
+        base=clip["targets"][w * s : (w + 1) * s] if ground_truth else None,
+    )
+    return WindowObjective(data, k)

@@ -104,6 +104,39 @@ def lbfgs_direction(g: jax.Array, S: jax.Array, Y: jax.Array) -> jax.Array:
     return r
 
 
+def bfgs_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
+    r"""Dense BFGS update of the inverse-Hessian estimate with the secant pair ``(s, y)``.
+
+    With :math:`\rho = 1/s^\top y` and :math:`v = H y`,
+
+    .. math::
+        H_+ = (I - \rho s y^\top) H (I - \rho y s^\top) + \rho s s^\top
+            = H - \rho (v s^\top + s v^\top) + (\rho + \rho^2 y^\top v)\, s s^\top,
+
+    written in the second form so that every term is symmetric entry by entry and a
+    symmetric :math:`H` stays exactly symmetric. :math:`H = 0` means "no pair yet": the
+    first accepted pair sets :math:`H = \gamma I`, :math:`\gamma = s^\top y / y^\top y`
+    (Nocedal & Wright, eq. 6.20) before updating, so :math:`q = H g` is invariant to the
+    scale of :math:`f`. A pair with :math:`s^\top y \le 10^{-10}\|s\|\|y\|` is skipped,
+    which keeps :math:`H` positive definite (in exact arithmetic).
+    """
+    sy = jnp.vdot(s, y)
+    yy = jnp.vdot(y, y)
+    keep = sy > 1e-10 * jnp.sqrt(jnp.vdot(s, s) * yy)
+    safe_sy = jnp.where(keep, sy, 1.0)
+    fresh = jnp.trace(H) == 0
+    gamma = safe_sy / jnp.where(keep, yy, 1.0)
+    v = H @ y
+    yv = jnp.vdot(y, v)
+    tau = safe_sy / jnp.where(yv > 0, yv, safe_sy)
+    H0 = jnp.where(fresh, gamma * jnp.eye(H.shape[0], dtype=H.dtype), tau * H)
+    v = jnp.where(fresh, gamma * y, tau * v)
+    rho = 1.0 / safe_sy
+    c = rho + rho * rho * jnp.vdot(y, v)
+    Hn = H0 - rho * (jnp.outer(v, s) + jnp.outer(s, v)) + c * jnp.outer(s, s)
+    return jnp.where(keep, Hn, H)
+
+
 def masked_mean(a: jax.Array, mask: jax.Array, axis: int = 0) -> jax.Array:
     """Mean over the valid coordinates (``mask`` True) along ``axis`` 0."""
     w = mask.astype(a.dtype)

@@ -19,8 +19,9 @@ Given per-coordinate features :math:`\phi_t \in \mathbb{R}^{n\times F}` and glob
   :math:`a_i = \exp(c_1 \mu_i + \sigma)\,\ell` with :math:`\ell` the Barzilai–Borwein
   step length (1 before the first gradient change);
 * quasi-Newton gate (ours): a global :math:`\lambda = 2\,\mathrm{sigmoid}(\cdot) \in (0, 2)`
-  from the pooled tokens weighs the L-BFGS step :math:`q = H_t g_t` of the features, so the
-  network can take (damped) quasi-Newton steps where they pay;
+  from the pooled tokens weighs the quasi-Newton step :math:`q = H_t g_t` of the features
+  (L-BFGS, or a dense BFGS estimate with ``secant="bfgs"``), so the network can take
+  (damped) quasi-Newton steps where they pay;
 * update (in :mod:`optimus.optimizers.learned`):
   :math:`x_{t+1} = x_t - B_{t+1} (a \odot d + \lambda q)`.
 
@@ -71,10 +72,24 @@ class NetConfig:
     # rule of moving to every proposed point. Part of the model: a network trained with it
     # is run with it.
     monotone: bool = False
+    # token mixing of the encoder (optimus.nets.encoder): "full" self-attention, O(n^2), or
+    # "induced" attention through num_inducing learned tokens, O(n)
+    attention: str = "full"
+    num_inducing: int = 16
+    # where the quasi-Newton direction q = H g comes from (optimus.optimizers.learned):
+    # "lbfgs" - two-loop recursion over the last features.LBFGS_MEMORY secant pairs, O(n);
+    # "bfgs" - a dense BFGS inverse-Hessian estimate H kept in the state, O(n^2)
+    secant: str = "lbfgs"
 
     def __post_init__(self):
         if self.kind not in ("optimus", "mlp"):
             raise ValueError(f"unknown network kind {self.kind!r}; expected 'optimus' or 'mlp'")
+        if self.attention not in ("full", "induced"):
+            raise ValueError(f"unknown attention {self.attention!r}; expected 'full' or 'induced'")
+        if self.secant not in ("lbfgs", "bfgs"):
+            raise ValueError(f"unknown secant {self.secant!r}; expected 'lbfgs' or 'bfgs'")
+        if self.num_inducing < 1:
+            raise ValueError(f"NetConfig.num_inducing must be >= 1, got {self.num_inducing}")
         for name in ("width", "num_heads", "mlp_ratio", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"NetConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -135,7 +150,15 @@ class OptimusNet(eqx.Module):
         d_in = N_COORD_FEATURES + N_GLOBAL_FEATURES
         w = config.width
         self.embed = Dense(d_in, w, key=ke)
-        self.encoder = Encoder(w, config.depth, config.num_heads, config.mlp_ratio, key=kenc)
+        self.encoder = Encoder(
+            w,
+            config.depth,
+            config.num_heads,
+            config.mlp_ratio,
+            key=kenc,
+            attention=config.attention,
+            num_inducing=config.num_inducing,
+        )
         self.u_head = Dense(w, 1, key=ku)
         # global head: [sigma, log u scale, rho logit, lam logit] from pooled tokens + globals
         self.glob_head = Dense(w + N_GLOBAL_FEATURES, 4, key=kg, scale=0.01)
@@ -171,9 +194,10 @@ def precondition_update(B: jax.Array, u: jax.Array, rho: jax.Array) -> jax.Array
 
     For :math:`\rho \in [0, 1]` and symmetric :math:`B \succeq I` the result is symmetric with
     :math:`z^\top B' z = \rho z^\top B z + (1-\rho)\|z\|^2 + (u^\top z)^2 \ge \|z\|^2`, so
-    :math:`B \succeq I` (hence positive definite) holds through any number of updates. The
-    explicit symmetrisation removes floating-point asymmetry.
+    :math:`B \succeq I` (hence positive definite) holds through any number of updates. Every
+    term is symmetric entry by entry (:math:`u_i u_j = u_j u_i` exactly in floating point), so
+    a symmetric :math:`B` stays exactly symmetric without an explicit symmetrisation (a
+    transpose that costs a memory pass over :math:`n^2` entries at large :math:`n`).
     """
     eye = jnp.eye(B.shape[0], dtype=B.dtype)
-    B = rho * B + (1 - rho) * eye + jnp.outer(u, u)
-    return 0.5 * (B + B.T)
+    return rho * B + (1 - rho) * eye + jnp.outer(u, u)

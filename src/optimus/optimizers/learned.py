@@ -4,7 +4,12 @@ One iteration, given :math:`f_t = f(x_t)` and :math:`g_t = \nabla f(x_t)`:
 
 1. update the accumulators and the secant memory and build features
    (:mod:`optimus.nets.features`): the secant pair :math:`s = x_t - x_{t-1}`,
-   :math:`y = g_t - g_{t-1}`, :math:`B_t y` and the L-BFGS direction :math:`H_t g_t`;
+   :math:`y = g_t - g_{t-1}`, :math:`B_t y` and the quasi-Newton direction
+   :math:`q = H_t g_t`: by the L-BFGS two-loop recursion over the last few secant pairs
+   (``NetConfig.secant = "lbfgs"``, :math:`O(n)`), or from a dense BFGS inverse-Hessian
+   estimate kept in the state and updated with every accepted pair (``"bfgs"``,
+   :func:`optimus.nets.features.bfgs_inverse_update`, :math:`O(n^2)`; the untrained network
+   is then BFGS with unit steps, and inside the acceptance layer BFGS with backtracking);
 2. run the network: direction :math:`d`, log-magnitudes :math:`\mu`, global log step
    :math:`\sigma`, rank-one vector :math:`u`, damping :math:`\rho`;
 3. preconditioner (Optimus only): :math:`B_{t+1} = \rho B_t + (1-\rho) I + u u^\top`;
@@ -23,15 +28,16 @@ rejected when it is non-finite or *wildly growing*, defined as
     \qquad \kappa = 10^3
 
 (RMS over the valid coordinates; non-finite candidates are ignored in the max): a step a
-thousand times longer than the Barzilai–Borwein step, the L-BFGS step, the previous step and
-the whole distance travelled so far. The rejected step is replaced by a safe gradient step of
-RMS length :math:`\ell` (1 before any curvature pair, i.e. one box half-width),
-:math:`\Delta = \ell\, g / \mathrm{rms}(g)`, :math:`B` is reset to the identity and
-``n_fallback`` counts it. When the safeguard does not trigger the step is bit-identical to
-the unguarded one. :func:`optimus.minimize` adds backtracking on top: a trial point reached by
-a safeguard step whose objective is non-finite or larger than at the previous point is retried
-with the step halved (see :mod:`optimus.solve`). ``SAFEGUARD = False`` (module attribute, read
-at trace time) disables the check; it exists only to measure the safeguard's cost.
+thousand times longer than the Barzilai–Borwein step, the quasi-Newton step, the previous step
+and the whole distance travelled so far. The rejected step is replaced by a safe gradient step
+of RMS length :math:`\ell` (1 before any curvature pair, i.e. one box half-width), :math:`\Delta
+= \ell\, g / \mathrm{rms}(g)`, :math:`B` is reset to the identity and ``n_fallback`` counts it
+(a dense BFGS estimate :math:`H` restarts from scratch). When the safeguard does not trigger the
+step is bit-identical to the unguarded one. :func:`optimus.minimize` adds backtracking on top: a
+trial point reached by a safeguard step whose objective is non-finite or larger than at the
+previous point is retried with the step halved (see :mod:`optimus.solve`). ``SAFEGUARD = False``
+(module attribute, read at trace time) disables the check; it exists only to measure the
+safeguard's cost.
 
 The functions :func:`learned_init` and :func:`learned_update` take the network explicitly, so
 meta-training can ``vmap`` them over perturbed meta-parameters; :func:`learned` closes over a
@@ -63,6 +69,7 @@ class LearnedState(eqx.Module):
     f_prev: jax.Array
     acc: F.Accumulators
     B: jax.Array | None  # (N, N) preconditioner, None when the network does not precondition
+    H: jax.Array | None  # (N, N) dense BFGS inverse Hessian (secant="bfgs"), None otherwise
     mask: jax.Array
     t: jax.Array
     nit: jax.Array
@@ -75,6 +82,10 @@ def uses_preconditioner(net) -> bool:
     return cfg.kind == "optimus" and cfg.precondition
 
 
+def uses_dense_bfgs(net) -> bool:
+    return getattr(net.config, "secant", "lbfgs") == "bfgs"
+
+
 def learned_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedState:
     """Initial state for ``x0`` of shape ``(N,)``; ``mask`` marks valid coordinates."""
     if mask is None:
@@ -82,6 +93,7 @@ def learned_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedSt
     dtype = x0.dtype
     zero_f = jnp.zeros((), dtype)
     B = jnp.eye(x0.shape[0], dtype=dtype) if uses_preconditioner(net) else None
+    H = jnp.zeros((x0.shape[0],) * 2, dtype) if uses_dense_bfgs(net) else None
     return LearnedState(
         x=x0,
         x0=x0,
@@ -91,6 +103,7 @@ def learned_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedSt
         f_prev=zero_f,
         acc=F.init_accumulators(x0),
         B=B,
+        H=H,
         mask=mask,
         t=jnp.zeros((), jnp.int32),
         nit=jnp.zeros((), jnp.int32),
@@ -115,7 +128,12 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
     acc = F.update_accumulators(state.acc, g, s, y)
     By = y if state.B is None else state.B @ y
     dx = x - state.x0
-    q = F.lbfgs_direction(g, acc.S, acc.Y)
+    if state.H is None:
+        H_new = None
+        q = F.lbfgs_direction(g, acc.S, acc.Y)
+    else:
+        H_new = F.bfgs_inverse_update(state.H, s, y)
+        q = H_new @ g
     feats = F.coordinate_features(g, acc, s, y, By, dx, q, mask)
     glob = F.global_features(state.t, value, f_prev, f0, g, g_prev, s, y, dx, q, mask)
     out = net(feats, glob, mask)
@@ -130,7 +148,7 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
         step = B_new @ raw
     step = jnp.where(mask, step, 0)
     if SAFEGUARD:
-        step, B_new, fallback = _safeguard(step, B_new, g, s, dx, q, ell, mask)
+        step, B_new, H_new, fallback = _safeguard(step, B_new, H_new, g, s, dx, q, ell, mask)
     else:
         fallback = jnp.zeros((), bool)
     return LearnedState(
@@ -142,6 +160,7 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
         f_prev=value,
         acc=acc,
         B=B_new,
+        H=H_new,
         mask=mask,
         t=state.t + 1,
         nit=state.nit + 1,
@@ -159,9 +178,9 @@ def _rms(v: jax.Array, mask: jax.Array) -> jax.Array:
     return peak * jnp.sqrt(jnp.sum((v / safe_peak) ** 2) / n)
 
 
-def _safeguard(step, B, g, s, dx, q, ell, mask):
+def _safeguard(step, B, H, g, s, dx, q, ell, mask):
     """Replace a non-finite or wildly growing step by a safe gradient step (module docstring);
-    returns ``(step, B, fallback)``."""
+    returns ``(step, B, H, fallback)``."""
     dtype = step.dtype
     cands = jnp.stack([ell.astype(dtype), _rms(q, mask), _rms(s, mask), _rms(dx, mask)])
     ref = jnp.max(jnp.where(jnp.isfinite(cands), cands, 0))
@@ -175,7 +194,9 @@ def _safeguard(step, B, g, s, dx, q, ell, mask):
     step = jnp.where(fallback, safe, step)
     if B is not None:
         B = jnp.where(fallback, jnp.eye(B.shape[0], dtype=dtype), B)
-    return step, B, fallback
+    if H is not None:
+        H = jnp.where(fallback, jnp.zeros_like(H), H)
+    return step, B, H, fallback
 
 
 def model_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedState | AcceptState:

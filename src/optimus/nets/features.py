@@ -105,13 +105,17 @@ def lbfgs_direction(g: jax.Array, S: jax.Array, Y: jax.Array) -> jax.Array:
 
 
 def bfgs_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
-    r"""Dense BFGS update of the inverse-Hessian estimate with the secant pair ``(s, y)``.
+    r"""Dense BFGS update of the inverse-Hessian estimate with the secant pair ``(s, y)``,
+    with one-sided self-scaling.
 
-    With :math:`\rho = 1/s^\top y` and :math:`v = H y`,
+    With :math:`\rho = 1/s^\top y`, the estimate is first scaled up,
+    :math:`H \leftarrow \tau H` with :math:`\tau = \max(1,\ s^\top y / y^\top H y)`, and
+    then updated:
 
     .. math::
         H_+ = (I - \rho s y^\top) H (I - \rho y s^\top) + \rho s s^\top
             = H - \rho (v s^\top + s v^\top) + (\rho + \rho^2 y^\top v)\, s s^\top,
+        \qquad v = H y,
 
     written in the second form so that every term is symmetric entry by entry and a
     symmetric :math:`H` stays exactly symmetric. :math:`H = 0` means "no pair yet": the
@@ -119,6 +123,13 @@ def bfgs_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
     (Nocedal & Wright, eq. 6.20) before updating, so :math:`q = H g` is invariant to the
     scale of :math:`f`. A pair with :math:`s^\top y \le 10^{-10}\|s\|\|y\|` is skipped,
     which keeps :math:`H` positive definite (in exact arithmetic).
+
+    Why the one-sided scaling (ours; ``scripts/ablation_secant.py``): with fewer steps than
+    coordinates the unexplored directions keep the curvature of the first pair, and when
+    the curvature falls along the path (Rosenbrock, Powell) the steps become far too short;
+    the Oren–Luenberger factor :math:`s^\top y / y^\top H y` applied both ways fixes that
+    but also shrinks :math:`H` after every large-curvature pair and loses what was learned;
+    scaling up only keeps both.
     """
     sy = jnp.vdot(s, y)
     yy = jnp.vdot(y, y)
@@ -128,7 +139,7 @@ def bfgs_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
     gamma = safe_sy / jnp.where(keep, yy, 1.0)
     v = H @ y
     yv = jnp.vdot(y, v)
-    tau = safe_sy / jnp.where(yv > 0, yv, safe_sy)
+    tau = jnp.maximum(safe_sy / jnp.where(yv > 0, yv, safe_sy), 1.0)
     H0 = jnp.where(fresh, gamma * jnp.eye(H.shape[0], dtype=H.dtype), tau * H)
     v = jnp.where(fresh, gamma * y, tau * v)
     rho = 1.0 / safe_sy

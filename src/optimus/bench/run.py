@@ -98,8 +98,7 @@ LR_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
 FULL_RUNTIME_NOTE = (
     "about 40 minutes on 2 CPU cores (9 methods, 10 functions x 3 variants x dims 2-1000, "
     "10 evaluation + 2 tuning seeds; the measured total of a run is in the first line of its "
-    "report). Measured per 100-evaluation run at n = 1000: optimus ~1.4 s, optimus-noprecond "
-    "~1.2 s, bfgs / lbfgs ~0.05 s, mlp ~0.03 s, adam / sgd / sgdm ~0.01 s; compilation 5-50 s "
+    "report, every method's wall time per evaluation in its timing table); compilation 5-50 s "
     "per (method, dimension). `--dims 2,10,30,100,300` with two variants takes about 10 min."
 )
 

@@ -23,9 +23,10 @@ from step to step, so a jitted step compiles once.
 Scale: without bounds the learned methods assume coordinates of order one (they were
 meta-trained in box-normalised coordinates :math:`[-1, 1]^n`); parameters of neural networks
 with standard initialisations are of that order. Cost: ``method="optimus"`` keeps a dense
-:math:`n \times n` preconditioner and attends over all :math:`n` coordinates, so memory and time
-grow as :math:`O(n^2)`: fine for a few thousand parameters, not for a large network (use
-``method="mlp"``, whose cost is linear in :math:`n`, there).
+:math:`n \times n` preconditioner and a dense BFGS inverse-Hessian estimate, so memory and
+time grow as :math:`O(n^2)`: fine for a few thousand parameters, not for a large network (use
+``method="optimus-noprecond"`` or ``method="mlp"``, whose costs are linear in :math:`n`,
+there).
 """
 
 from __future__ import annotations
@@ -171,8 +172,8 @@ def optimus(
         if method == "optimus" and flat.size > LARGE_N:
             logger.warning(
                 "optimus.optax.optimus: %d parameters; method 'optimus' keeps a dense "
-                "%d x %d preconditioner and attends over all coordinates (O(n^2) memory and "
-                "time); consider method='mlp' for large models",
+                "%d x %d preconditioner and BFGS estimate (O(n^2) memory and time); consider "
+                "method='optimus-noprecond' or 'mlp' (both O(n)) for large models",
                 flat.size,
                 flat.size,
                 flat.size,

@@ -13,8 +13,9 @@ comes from:
   rescaling (the textbook update; patched in here for the ablation only);
 * ``bfgs-ol``: dense BFGS with Oren-Luenberger self-scaling, ``H <- tau H`` with
   ``tau = s^T y / y^T H y`` before every update (patched in here for the ablation only);
-* ``bfgs``: the one-sided version, ``tau = max(1, s^T y / y^T H y)``, of
-  ``optimus.nets.features.bfgs_inverse_update`` (the shipped ``optimus`` model).
+* ``bfgs-up``: scaled up only, ``tau = max(1, s^T y / y^T H y)`` (patched in);
+* ``bfgs``: the asymmetric scaling of ``optimus.nets.features.bfgs_inverse_update`` (the
+  shipped ``optimus`` model): up as ``bfgs-up``, down only when ``s^T y / y^T H y < 0.01``.
 
 Transformed problems (shift + rotation), box-normalised coordinates, 100 evaluations, mean
 log10 of the best objective over the seeds. Writes ``bench_results/ablation_secant.md`` and
@@ -39,12 +40,12 @@ FUNCTIONS = (
     "ackley",
     "griewank",
 )
-VARIANTS = ("lbfgs", "bfgs-unscaled", "bfgs-ol", "bfgs")
+VARIANTS = ("lbfgs", "bfgs-unscaled", "bfgs-ol", "bfgs-up", "bfgs")
 
 
 def _patched_update(scaling: str):
     """Dense BFGS with another scaling: ``"none"`` (H0 = (s^T y / y^T y) I at the first pair
-    only) or ``"ol"`` (Oren-Luenberger, both ways)."""
+    only), ``"ol"`` (Oren-Luenberger, both ways) or ``"up"`` (up only)."""
     import jax.numpy as jnp
 
     def update(H, s, y):
@@ -54,7 +55,8 @@ def _patched_update(scaling: str):
         safe_sy = jnp.where(keep, sy, 1.0)
         fresh = jnp.trace(H) == 0
         yv = jnp.vdot(y, H @ y)
-        tau = safe_sy / jnp.where(yv > 0, yv, safe_sy) if scaling == "ol" else 1.0
+        ratio = safe_sy / jnp.where(yv > 0, yv, safe_sy)
+        tau = {"none": 1.0, "ol": ratio, "up": jnp.maximum(ratio, 1.0)}[scaling]
         gamma = safe_sy / jnp.where(keep, yy, 1.0)
         H0 = jnp.where(fresh, gamma * jnp.eye(H.shape[0], dtype=H.dtype), tau * H)
         rho = 1.0 / safe_sy
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         secant = "lbfgs" if variant == "lbfgs" else "bfgs"
         cfg = NetConfig(monotone=True, attention="induced", secant=secant)
         net = build_net(cfg, jax.random.key(0))
-        patches = {"bfgs-unscaled": "none", "bfgs-ol": "ol"}
+        patches = {"bfgs-unscaled": "none", "bfgs-ol": "ol", "bfgs-up": "up"}
         F.bfgs_inverse_update = (
             _patched_update(patches[variant]) if variant in patches else original
         )

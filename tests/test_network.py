@@ -173,14 +173,16 @@ def test_untrained_network_is_a_sensible_descent_method():
 
 
 def _bfgs_reference(H, s, y):
-    """BFGS scaled up by max(1, s^T y / y^T H y), textbook product form, float64 NumPy."""
+    """BFGS with the asymmetric scaling of F.bfgs_inverse_update, textbook product form,
+    float64 NumPy."""
     H, s, y = (np.asarray(a, np.float64) for a in (H, s, y))
     n = s.size
     sy = s @ y
     if not np.any(H):
         H = (sy / (y @ y)) * np.eye(n)
     else:
-        H = max(1.0, sy / (y @ H @ y)) * H
+        r = sy / (y @ H @ y)
+        H = (r if r < F.SHRINK_BELOW else max(1.0, r)) * H
     rho = 1.0 / sy
     V = np.eye(n) - rho * np.outer(y, s)
     return V.T @ H @ V + rho * np.outer(s, s)

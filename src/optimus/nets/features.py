@@ -42,6 +42,9 @@ import jax.numpy as jnp
 BETAS = (0.9, 0.99, 0.999)
 TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 LBFGS_MEMORY = 5
+# dense BFGS scaling (bfgs_inverse_update): H is scaled down only when a pair shows it more
+# than 1 / SHRINK_BELOW times too large
+SHRINK_BELOW = 0.01
 N_COORD_FEATURES = 26
 N_GLOBAL_FEATURES = len(TIMESCALES) + 10
 
@@ -106,11 +109,12 @@ def lbfgs_direction(g: jax.Array, S: jax.Array, Y: jax.Array) -> jax.Array:
 
 def bfgs_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
     r"""Dense BFGS update of the inverse-Hessian estimate with the secant pair ``(s, y)``,
-    with one-sided self-scaling.
+    with asymmetric self-scaling.
 
-    With :math:`\rho = 1/s^\top y`, the estimate is first scaled up,
-    :math:`H \leftarrow \tau H` with :math:`\tau = \max(1,\ s^\top y / y^\top H y)`, and
-    then updated:
+    With :math:`\rho = 1/s^\top y` and the Oren–Luenberger ratio
+    :math:`r = s^\top y / y^\top H y`, the estimate is first rescaled,
+    :math:`H \leftarrow \tau H` with :math:`\tau = \max(1, r)`, or :math:`\tau = r` when
+    :math:`r <` ``SHRINK_BELOW`` (0.01), and then updated:
 
     .. math::
         H_+ = (I - \rho s y^\top) H (I - \rho y s^\top) + \rho s s^\top
@@ -124,12 +128,14 @@ def bfgs_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
     scale of :math:`f`. A pair with :math:`s^\top y \le 10^{-10}\|s\|\|y\|` is skipped,
     which keeps :math:`H` positive definite (in exact arithmetic).
 
-    Why the one-sided scaling (ours; ``scripts/ablation_secant.py``): with fewer steps than
+    Why this scaling (ours; ``scripts/ablation_secant.py``): with fewer steps than
     coordinates the unexplored directions keep the curvature of the first pair, and when
-    the curvature falls along the path (Rosenbrock, Powell) the steps become far too short;
-    the Oren–Luenberger factor :math:`s^\top y / y^\top H y` applied both ways fixes that
-    but also shrinks :math:`H` after every large-curvature pair and loses what was learned;
-    scaling up only keeps both.
+    the curvature falls along the path (Rosenbrock, Powell) steps become far too short, so
+    :math:`H` is scaled up whenever a pair shows it too small. Scaling down as readily
+    (Oren–Luenberger both ways) loses what was learned after every high-curvature pair
+    (Rosenbrock); never scaling down leaves :math:`H` far too large when the curvature
+    rises by orders of magnitude (Griewank's ripples near its minimum), so it is scaled
+    down only then.
     """
     sy = jnp.vdot(s, y)
     yy = jnp.vdot(y, y)
@@ -139,7 +145,8 @@ def bfgs_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
     gamma = safe_sy / jnp.where(keep, yy, 1.0)
     v = H @ y
     yv = jnp.vdot(y, v)
-    tau = jnp.maximum(safe_sy / jnp.where(yv > 0, yv, safe_sy), 1.0)
+    ratio = safe_sy / jnp.where(yv > 0, yv, safe_sy)
+    tau = jnp.where(ratio < SHRINK_BELOW, ratio, jnp.maximum(ratio, 1.0))
     H0 = jnp.where(fresh, gamma * jnp.eye(H.shape[0], dtype=H.dtype), tau * H)
     v = jnp.where(fresh, gamma * y, tau * v)
     rho = 1.0 / safe_sy

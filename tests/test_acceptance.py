@@ -144,3 +144,47 @@ def test_shipped_models_record_the_rule_they_were_trained_with():
         assert dataclasses.asdict(net.config)["monotone"] == card["train_config"]["model"].get(
             "monotone", False
         )
+
+
+def _drive_memory(update, state, f, steps):
+    fs, states = [], []
+    for _ in range(steps):
+        v, g = jax.value_and_grad(f)(state.x)
+        fs.append(float(v))
+        state = accept_update(update, state, v, g, memory=True)
+        states.append(state)
+    return fs, states
+
+
+def test_step_memory_shortens_proposals_after_rejections():
+    """GD with lr 1.5 on ||x||^2 proposes steps 4x too long every time: plain backtracking
+    pays two rejections per accepted step, with memory the trust factor settles and the same
+    budget brings a far lower objective; the trust factor stays in (0, 1]."""
+
+    def f(x):
+        return jnp.sum(x**2)
+
+    x0 = jnp.array([1.0, -2.0])
+    _, fs_plain, st_plain = drive(gd_update(1.5), accept_init(gd_init(x0)), f, 30)
+    fs_mem, st_mem = _drive_memory(gd_update(1.5), accept_init(gd_init(x0)), f, 30)
+    assert int(st_mem[-1].n_reject) < int(st_plain[-1].n_reject)
+    assert float(st_mem[-1].f_best) < 1e-3 * float(st_plain[-1].f_best)
+    trusts = np.array([float(s.trust) for s in st_mem])
+    assert np.all((trusts > 0) & (trusts <= 1))
+    assert trusts.min() < 1  # it did shrink
+    # without memory the factor never moves
+    assert all(float(s.trust) == 1.0 for s in st_plain)
+    # accepted values still never increase after the warm-up
+    acc = [float(s.f_best) for s in st_mem]
+    assert all(b <= a for a, b in zip(acc[WARMUP:], acc[WARMUP + 1 :], strict=False))
+
+
+def test_step_memory_leaves_a_descent_run_unchanged():
+    def f(x):
+        return jnp.sum((x - 0.3) ** 2)
+
+    x0 = jnp.array([1.0, -1.0, 0.5])
+    _, _, plain = drive(gd_update(0.1), accept_init(gd_init(x0)), f, 10)
+    _, mem = _drive_memory(gd_update(0.1), accept_init(gd_init(x0)), f, 10)
+    np.testing.assert_array_equal(np.asarray(plain[-1].x), np.asarray(mem[-1].x))
+    assert float(mem[-1].trust) == 1.0

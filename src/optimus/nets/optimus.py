@@ -72,6 +72,8 @@ class NetConfig:
     # rule of moving to every proposed point. Part of the model: a network trained with it
     # is run with it.
     monotone: bool = False
+    # with monotone: remember the backtracking across steps (acceptance "step memory")
+    step_memory: bool = False
     # token mixing of the encoder (optimus.nets.encoder): "full" self-attention, O(n^2), or
     # "induced" attention through num_inducing learned tokens, O(n)
     attention: str = "full"

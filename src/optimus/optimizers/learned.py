@@ -210,7 +210,13 @@ def model_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedStat
 def model_update(net, state: LearnedState | AcceptState, value: jax.Array, grad: jax.Array):
     """One step of the learned optimizer as the model defines it (see :func:`model_init`)."""
     if isinstance(state, AcceptState):
-        return accept_update(lambda s, v, g: learned_update(net, s, v, g), state, value, grad)
+        return accept_update(
+            lambda s, v, g: learned_update(net, s, v, g),
+            state,
+            value,
+            grad,
+            memory=getattr(net.config, "step_memory", False),
+        )
     return learned_update(net, state, value, grad)
 
 

@@ -102,10 +102,16 @@ def _window(clip: dict, w: int, qpos, qvel, k: int, model_dyn):
 
 
 def solve_window(
-    obj, method: str, evals: int, lr: float | None = None, x0: np.ndarray | None = None
+    obj,
+    method: str,
+    evals: int,
+    lr: float | None = None,
+    x0: np.ndarray | None = None,
+    params: Any = None,
 ) -> dict[str, Any]:
     """Minimise one window objective with ``method`` at ``evals`` evaluations from ``x0``
-    (default 0: hold the start pose)."""
+    (default 0: hold the start pose); ``params``: a learned method's network (default: the
+    shipped weights)."""
     import optimus
 
     rec = _Recorder(obj)
@@ -120,6 +126,7 @@ def solve_window(
         max_evals=evals,
         bounds=obj.bounds,
         options=options,
+        params=params,
     )
     wall = time.perf_counter() - t0
     losses = np.full(evals, np.nan)

@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""Experiment: the acceptance layer's step memory (``NetConfig.step_memory``) switched on for
+the *shipped* weights, which were meta-trained without it.
+
+    .venv/bin/python scripts/experiment_step_memory.py     # ~3 min on 2 cores (warm cache)
+
+Two parts, each comparing the same network with the memory off (as shipped) and on:
+
+* physics: the first window of every test and model-mismatch clip (from the true state,
+  K = 4, 50 evaluations), final window loss and rejected trial points, with BFGS / L-BFGS /
+  Adam (lr 0.01) beside;
+* test functions: transformed problems, n = 10, 30, 100, 5 seeds, 100 evaluations, mean
+  log10 of the best objective.
+
+A network is run here with a rule it was not trained with, so this only says whether
+retraining with the memory is worth it. Writes ``bench_results/step_memory.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+FUNCTIONS = (
+    "sphere",
+    "quadratic",
+    "rosenbrock",
+    "dixon_price",
+    "powell",
+    "rastrigin",
+    "levy",
+    "ackley",
+    "griewank",
+)
+
+
+def _variants(names):
+    import jax
+
+    from optimus.nets import build_net
+    from optimus.pretrained import load_pretrained
+
+    out = {}
+    for name in names:
+        net = load_pretrained(name)
+        cfg = dataclasses.replace(net.config, step_memory=True)
+        # the config is a static field: a fresh network with the new config, refilled with
+        # the trained arrays (same architecture, so the same leaves in the same order)
+        fresh = build_net(cfg, jax.random.key(0))
+        out[name] = net
+        out[name + "+memory"] = jax.tree.unflatten(jax.tree.structure(fresh), jax.tree.leaves(net))
+    return out
+
+
+def physics_part(nets, evals: int, lines: list[str]) -> None:
+    import numpy as np
+
+    from optimus.physics import bench as PB
+    from optimus.physics import model as M
+    from optimus.physics import motion
+
+    PB.enable_compilation_cache()
+    data = motion.load()
+    dyn = M.model_arrays()
+    rows = {}
+    for split in ("test", "test_mismatch"):
+        d = data[split]
+        for i in range(len(d["qpos"])):
+            clip = {k: v[i] for k, v in d.items()}
+            obj = PB._window(clip, 0, clip["qpos"][0], clip["qvel"][0], 4, dyn)
+            for label, net in [*nets.items(), ("bfgs", None), ("lbfgs", None), ("adam", None)]:
+                method = label.split("+")[0]
+                lr = 0.01 if method == "adam" else None
+                out = PB.solve_window(obj, method, evals, lr, params=net)
+                rows.setdefault(label, []).append((out["final"], out["n_rejected"]))
+    lines += [
+        "## Physics: first windows of the test and mismatch clips",
+        "",
+        f"K = 4, {evals} evaluations, from the true state; median over "
+        f"{len(next(iter(rows.values())))} windows.",
+        "",
+        "| method | median final loss | median rejected trial points |",
+        "|---|---|---|",
+    ]
+    for label, vals in rows.items():
+        f = np.median([v[0] for v in vals])
+        r = np.median([v[1] for v in vals])
+        lines.append(f"| {label} | {f:.3f} | {r:.0f} |")
+    lines.append("")
+
+
+def functions_part(nets, seeds: int, lines: list[str]) -> None:
+    import jax
+    import numpy as np
+
+    import optimus
+    from optimus.functions import make_problem
+
+    dims = (10, 30, 100)
+    table = {}
+    for label, net in nets.items():
+        for fn in FUNCTIONS:
+            for n in dims:
+                if fn == "powell" and n % 4:
+                    continue
+                vals = []
+                for s in range(seeds):
+                    key = jax.random.fold_in(jax.random.key(0), 1000 + s)
+                    kp, kx = jax.random.split(key)
+                    prob = make_problem(fn, n, variant="transformed", key=kp)
+                    z0 = prob.to_unit(prob.sample_x0(kx))
+                    res = optimus.minimize(
+                        prob.unit_objective,
+                        z0,
+                        method=label.split("+")[0],
+                        params=net,
+                        steps=100,
+                        max_evals=100,
+                        gtol=0.0,
+                    )
+                    vals.append(float(np.log10(max(float(res.fun), 1e-30))))
+                table[(label, fn, n)] = float(np.mean(vals))
+    labels = list(nets)
+    lines += [
+        "## Test functions (transformed, 100 evaluations)",
+        "",
+        f"Mean log10 of the best objective over {seeds} seeds (lower is better).",
+        "",
+        "| function | n | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
+    for fn in FUNCTIONS:
+        for n in dims:
+            if (labels[0], fn, n) in table:
+                vals = [table[(lab, fn, n)] for lab in labels]
+                lines.append(f"| {fn} | {n} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    means = [np.mean([v for (lab, _, _), v in table.items() if lab == x]) for x in labels]
+    lines.append("| **mean** | | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    lines.append("")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="optimus,optimus-noprecond")
+    p.add_argument("--evals", type=int, default=50, help="evaluations per physics window")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--out", default="bench_results")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    nets = _variants(args.models.split(","))
+    body: list[str] = []
+    physics_part(nets, args.evals, body)
+    functions_part(nets, args.seeds, body)
+    lines = [
+        "# Experiment: step memory in the acceptance layer, shipped weights",
+        "",
+        f"Generated by `scripts/experiment_step_memory.py` in {time.time() - t0:.0f} s. "
+        "`NAME+memory` is the shipped network run with `step_memory=True`, a rule it was not "
+        "meta-trained with.",
+        "",
+        *body,
+    ]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step_memory.md").write_text("\n".join(lines))
+    print(f"wrote {out / 'step_memory.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -172,9 +172,9 @@ def test_untrained_network_is_a_sensible_descent_method():
     assert float(jnp.sum(state.x**2)) < 1e-6 * float(jnp.sum(x0**2))
 
 
-def _bfgs_reference(H, s, y):
-    """BFGS with the asymmetric scaling of F.bfgs_inverse_update, textbook product form,
-    float64 NumPy."""
+def _bfgs_reference(H, s, y, scaling="asymmetric"):
+    """BFGS with the scalings of F.bfgs_inverse_update, textbook product form, float64
+    NumPy."""
     H, s, y = (np.asarray(a, np.float64) for a in (H, s, y))
     n = s.size
     sy = s @ y
@@ -182,13 +182,20 @@ def _bfgs_reference(H, s, y):
         H = (sy / (y @ y)) * np.eye(n)
     else:
         r = sy / (y @ H @ y)
-        H = (r if r < F.SHRINK_BELOW else max(1.0, r)) * H
+        tau = {
+            "asymmetric": r if r < F.SHRINK_BELOW else max(1.0, r),
+            "up": max(1.0, r),
+            "ol": r,
+            "none": 1.0,
+        }[scaling]
+        H = tau * H
     rho = 1.0 / sy
     V = np.eye(n) - rho * np.outer(y, s)
     return V.T @ H @ V + rho * np.outer(s, s)
 
 
-def test_bfgs_inverse_update_matches_the_product_form_and_the_secant_equation():
+@pytest.mark.parametrize("scaling", F.BFGS_SCALINGS)
+def test_bfgs_inverse_update_matches_the_product_form_and_the_secant_equation(scaling):
     with jax.enable_x64(True):
         n = 7
         key = jax.random.key(11)
@@ -199,8 +206,8 @@ def test_bfgs_inverse_update_matches_the_product_form_and_the_secant_equation():
         for i in range(12):
             s = jax.random.normal(jax.random.fold_in(key, i), (n,), jnp.float64)
             y = A @ s
-            H = F.bfgs_inverse_update(H, s, y)
-            H_ref = _bfgs_reference(H_ref, s, y)
+            H = F.bfgs_inverse_update(H, s, y, scaling)
+            H_ref = _bfgs_reference(H_ref, s, y, scaling)
             np.testing.assert_allclose(H, H_ref, rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(H @ y, s, rtol=1e-9, atol=1e-12)  # secant equation
             np.testing.assert_array_equal(H, H.T)  # exactly symmetric
@@ -236,6 +243,11 @@ def test_dense_bfgs_network_solves_an_ill_conditioned_quadratic_like_bfgs():
         finals[name] = float(f(state.x)) / float(f(x0))
     assert finals["optimus-induced-bfgs"] < 1e-8
     assert finals["optimus-induced-bfgs"] < 1e-3 * finals["optimus-induced-noprecond"]
+
+
+def test_unknown_bfgs_scaling_is_refused():
+    with pytest.raises(ValueError, match="unknown BFGS scaling"):
+        F.bfgs_inverse_update(jnp.zeros((2, 2)), jnp.ones(2), jnp.ones(2), "sr1")
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchError", "BenchConfig", "add_arguments", "main", "resolve_config", "run_bench"]
+__all__ = [
+    "BenchError",
+    "BenchConfig",
+    "add_arguments",
+    "final_log10",
+    "main",
+    "resolve_config",
+    "run_bench",
+]
 
 #: Values at or below this floor (including an exact 0) are reported as log10 = -30.
 LOG10_FLOOR = -30.0
@@ -404,8 +412,6 @@ class _Runner:
         self.compile_s: dict[tuple[str, int], float] = {}
 
     def solve(self, method: str, problem, x0, lr: float | None):
-        import optimus
-
         if method in SCIPY_METHODS:
             budget = self.config.steps
             return self._timed(method, problem, lambda: _scipy_solve(problem, x0, budget))
@@ -420,15 +426,7 @@ class _Runner:
 
         def call():
             t0 = time.perf_counter()
-            res = optimus.minimize(
-                problem.unit_objective,  # a bound method of the Module: its arrays are traced
-                z0,
-                method=method,
-                steps=budget,
-                max_evals=budget,
-                gtol=0.0,
-                **kwargs,
-            )
+            res = _minimize_unit(problem, z0, method, budget, **kwargs)
             return res, time.perf_counter() - t0
 
         return self._timed(method, problem, call)
@@ -508,6 +506,42 @@ def _problem(name: str, variant: str, n: int, seed: int, tuning: bool):
     k_problem, k_x0 = _keys(seed, tuning)
     problem = F.make_problem(name, n, variant=variant, key=k_problem)
     return problem, problem.sample_x0(k_x0)
+
+
+def final_log10(
+    method: str,
+    name: str,
+    n: int,
+    seed: int,
+    *,
+    params: Any = None,
+    variant: str = "transformed",
+    budget: int = 100,
+) -> float:
+    """:func:`log10_floor` of the best objective that ``method`` reaches in ``budget``
+    evaluations on evaluation seed ``seed`` of a problem of the protocol (the same problem
+    and starting point as the benchmark), unconstrained in box-normalised coordinates. For
+    ablation and experiment scripts that compare variants of one method outside the runner
+    (no learning-rate tuning, no timing)."""
+    problem, x0 = _problem(name, variant, n, seed, tuning=False)
+    res = _minimize_unit(problem, problem.to_unit(x0), method, budget, params=params)
+    return log10_floor(float(res.fun))
+
+
+def _minimize_unit(problem, z0, method: str, budget: int, **kwargs):
+    """The protocol's solve: ``budget`` evaluations, no gradient stop, unconstrained in the
+    problem's box-normalised coordinates."""
+    import optimus
+
+    return optimus.minimize(
+        problem.unit_objective,  # a bound method of the Module: its arrays are traced
+        z0,
+        method=method,
+        steps=budget,
+        max_evals=budget,
+        gtol=0.0,
+        **kwargs,
+    )
 
 
 def run_bench(config: BenchConfig, nets: dict[str, Any], notes: list[str]) -> BenchResults:

@@ -107,7 +107,12 @@ def lbfgs_direction(g: jax.Array, S: jax.Array, Y: jax.Array) -> jax.Array:
     return r
 
 
-def bfgs_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
+BFGS_SCALINGS = ("asymmetric", "up", "ol", "none")
+
+
+def bfgs_inverse_update(
+    H: jax.Array, s: jax.Array, y: jax.Array, scaling: str = "asymmetric"
+) -> jax.Array:
     r"""Dense BFGS update of the inverse-Hessian estimate with the secant pair ``(s, y)``,
     with asymmetric self-scaling.
 
@@ -135,8 +140,12 @@ def bfgs_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
     (Oren–Luenberger both ways) loses what was learned after every high-curvature pair
     (Rosenbrock); never scaling down leaves :math:`H` far too large when the curvature
     rises by orders of magnitude (Griewank's ripples near its minimum), so it is scaled
-    down only then.
+    down only then. ``scaling`` selects the alternatives of that ablation: ``"up"``
+    (:math:`\tau = \max(1, r)`), ``"ol"`` (:math:`\tau = r`) and ``"none"``
+    (:math:`\tau = 1`, the textbook update); the networks always use the default.
     """
+    if scaling not in BFGS_SCALINGS:
+        raise ValueError(f"unknown BFGS scaling {scaling!r}; expected one of {BFGS_SCALINGS}")
     sy = jnp.vdot(s, y)
     yy = jnp.vdot(y, y)
     keep = sy > 1e-10 * jnp.sqrt(jnp.vdot(s, s) * yy)
@@ -146,7 +155,12 @@ def bfgs_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
     v = H @ y
     yv = jnp.vdot(y, v)
     ratio = safe_sy / jnp.where(yv > 0, yv, safe_sy)
-    tau = jnp.where(ratio < SHRINK_BELOW, ratio, jnp.maximum(ratio, 1.0))
+    tau = {
+        "asymmetric": jnp.where(ratio < SHRINK_BELOW, ratio, jnp.maximum(ratio, 1.0)),
+        "up": jnp.maximum(ratio, 1.0),
+        "ol": ratio,
+        "none": jnp.ones_like(ratio),
+    }[scaling]
     H0 = jnp.where(fresh, gamma * jnp.eye(H.shape[0], dtype=H.dtype), tau * H)
     v = jnp.where(fresh, gamma * y, tau * v)
     rho = 1.0 / safe_sy

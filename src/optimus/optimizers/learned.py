@@ -125,13 +125,16 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
     g_prev = jnp.where(first, g, state.g_prev)
     s = x - state.x_prev
     y = g - g_prev
-    acc = F.update_accumulators(state.acc, g, s, y)
     By = y if state.B is None else state.B @ y
     dx = x - state.x0
     if state.H is None:
+        acc = F.update_accumulators(state.acc, g, s, y)
         H_new = None
         q = F.lbfgs_direction(g, acc.S, acc.Y)
     else:
+        # the pair memory is read only by the two-loop direction: with a dense H it stays
+        # empty instead of being updated for nothing
+        acc = F.update_accumulators(state.acc, g)
         H_new = F.bfgs_inverse_update(state.H, s, y)
         q = H_new @ g
     feats = F.coordinate_features(g, acc, s, y, By, dx, q, mask)

@@ -132,6 +132,44 @@ def test_padded_keyframes_do_not_change_the_objective(data):
     assert np.asarray(g2).shape == (O.K_MAX * M.N_JOINTS,)
 
 
+def test_window_bank_draws_the_benchmark_windows(data):
+    """The physics task family (meta-training on windows): every drawn problem is exactly
+    the benchmark's first-window objective of its (clip, window, K), padded with a mask."""
+    from optimus.meta.tasks import TaskConfig, make_task
+    from optimus.nets import NetConfig, build_net
+    from optimus.physics.task import N_PAD, window_bank
+
+    ks = (2, 5, 8)
+    bank = window_bank("train", ks, data)
+    assert bank.num_windows == MO.DEFAULT_SIZES["train"] * MO.WINDOWS_PER_CLIP
+    seen = set()
+    for key in jax.random.split(jax.random.key(0), 10):
+        p = bank.sample(key)
+        c, w = divmod(int(p.index), MO.WINDOWS_PER_CLIP)
+        k = int(p.k)
+        seen.add(k)
+        ref = O.clip_window(_clip(data, "train", c), w, k, M.model_arrays()).data
+        got = bank.window_data(p)
+        for name in ("qpos0", "qvel0", "base", "interp", "camera", "obs2d", "conf", "est3d"):
+            np.testing.assert_array_equal(np.asarray(getattr(got, name)), getattr(ref, name))
+        assert float(got.n_active) == float(ref.n_active) == M.N_JOINTS * k
+        assert p.mask.shape == (N_PAD,) and int(p.mask.sum()) == M.N_JOINTS * k
+    assert seen <= set(ks) and len(seen) >= 2
+    with pytest.raises(ValueError, match="physics_ks"):
+        window_bank("train", (9,), data)
+    with pytest.raises(ValueError, match="unknown physics split"):
+        window_bank("nope", ks, data)
+    # the task family: start at theta = 0, validation draws from the val split
+    cfg = TaskConfig(family="physics", horizon=5, physics_ks=ks)
+    net = build_net(NetConfig(width=8, depth=1, num_heads=2, hidden=8), jax.random.key(0))
+    task, theta = make_task(net, cfg)
+    state = task.init(theta, jax.random.key(3), False)
+    assert state.opt.x.shape == (N_PAD,) and not np.any(np.asarray(state.opt.x))
+    val = task.for_validation()
+    assert val.bank.num_windows == MO.DEFAULT_SIZES["val"] * MO.WINDOWS_PER_CLIP
+    np.testing.assert_array_equal(np.asarray(val.bank.est3d[0]), data["val"]["est3d"][0, :8])
+
+
 def test_interpolation_matrix():
     for k in (2, 4, 8):
         w = O.interpolation_matrix(k)

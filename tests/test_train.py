@@ -210,3 +210,46 @@ def test_disk_full_while_checkpointing_is_a_clear_error_and_keeps_the_last_check
     assert not list((out / "checkpoints").glob(".tmp_*"))  # no half-written folder is left
     state, meta = ckpt.load_checkpoint(latest, Trainer(cfg).init_state())
     assert meta["step"] == 2
+
+
+def test_fine_tune_starts_from_the_given_weights_and_validates_them(tmp_path, tiny_config):
+    """``outer.init_from``: theta0 is the file's meta-parameters, the starting point is
+    validated once (log row 0, not again on resume) and competes for the exported best."""
+    import json
+
+    import equinox as eqx
+    from jax.flatten_util import ravel_pytree
+
+    from optimus.serialization import load_params
+
+    base = train(load_config(tiny_config, ["outer.steps=2"]), tmp_path / "base", progress=False)
+    cfg = load_config(
+        tiny_config, [f"outer.init_from='{base}'", "outer.steps=8", "run.eval_every=4"]
+    )
+    start = ravel_pytree(eqx.filter(load_params(base)[0], eqx.is_array))[0]
+    np.testing.assert_array_equal(np.asarray(Trainer(cfg).theta0), np.asarray(start))
+    out = tmp_path / "ft"
+    train(cfg, out, progress=False, stop_after=5)  # checkpoint at step 4, rows 5 dropped
+    path = train(cfg, out, resume=True, progress=False)
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert [r["step"] for r in rows] == [str(i) for i in range(9)]
+    assert rows[0]["loss"] == "" and rows[0]["val_loss"] != ""
+    vals = [float(r["val_loss"]) for r in rows if r["val_loss"]]
+    assert len(vals) == 3  # steps 0, 4, 8
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["best_val_loss"] == pytest.approx(min(vals), rel=1e-5)
+    assert card["train_config"]["outer"]["init_from"] == str(base)
+
+
+def test_fine_tune_errors(tmp_path, tiny_config):
+    with pytest.raises(ValueError, match="neither a shipped model"):
+        Trainer(load_config(tiny_config, ["outer.init_from=no-such-model"]))
+    # the shipped 'optimus' has another architecture than the tiny [model]
+    with pytest.raises(ValueError, match="another architecture.*width"):
+        Trainer(load_config(tiny_config, ["outer.init_from=optimus"]))
+    for bad, match in [
+        (["tasks.family=chemistry"], "tasks.family"),
+        (["tasks.family=physics", "tasks.physics_ks=1,4"], "physics_ks"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            load_config(tiny_config, bad)

@@ -1,10 +1,17 @@
 r"""Task distributions and truncated unrolls of a learned optimizer on them.
 
-A :class:`TruncatedTask` couples a distribution of problems (from :mod:`optimus.functions`)
-with a learned-optimizer network whose meta-parameters are a flat vector ``theta``. Problems
-live in box-normalised coordinates :math:`z \in [-1, 1]^n` (the coordinates in which
-:func:`optimus.minimize` runs learned methods when given ``bounds``), padded to ``n_max``
-coordinates with a mask, so one compiled unroll serves every dimension.
+A :class:`TruncatedTask` couples a distribution of problems with a learned-optimizer network
+whose meta-parameters are a flat vector ``theta``. Two task families:
+
+* ``family = "functions"`` (default): the test functions of :mod:`optimus.functions` with
+  random dimension, shift, rotation and scale; the start is uniform in the box;
+* ``family = "physics"``: windows of the physics-based motion reconstruction
+  (:mod:`optimus.physics.task`) with a random number of keyframes; the start is
+  :math:`z_0 = 0`. Needs the ``physics`` extra.
+
+Problems live in box-normalised coordinates :math:`z \in [-1, 1]^n` (the coordinates in which
+:func:`optimus.minimize` runs learned methods when given ``bounds``), padded to a fixed size
+with a mask, so one compiled unroll serves every dimension.
 
 Per-step meta-loss (scale free, so functions of very different magnitudes weigh alike):
 
@@ -19,6 +26,7 @@ the mean log-improvement over the unroll.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -54,11 +62,24 @@ class TaskConfig:
     horizon: int = 100
     variants: tuple[str, ...] = ("transformed",)
     log_scale_range: tuple[float, float] = (-3.0, 3.0)
+    family: str = "functions"  # "functions" or "physics"
+    physics_split: str = "train"  # physics: dataset split of the training windows
+    physics_val_split: str = "val"  # physics: split of the validation windows
+    physics_ks: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)  # physics: keyframe counts drawn
 
     def __post_init__(self):
         object.__setattr__(self, "functions", tuple(self.functions))
         object.__setattr__(self, "variants", tuple(self.variants))
         object.__setattr__(self, "log_scale_range", tuple(self.log_scale_range))
+        object.__setattr__(self, "physics_ks", tuple(self.physics_ks))
+        if self.family not in ("functions", "physics"):
+            raise ValueError(f"tasks.family must be 'functions' or 'physics', got {self.family!r}")
+        if self.family == "physics":
+            for k in self.physics_ks:
+                if not 2 <= k <= 8:
+                    raise ValueError(f"tasks.physics_ks: K must be in [2, 8], got {k}")
+            if not self.physics_ks:
+                raise ValueError("tasks.physics_ks must not be empty")
         for name in self.functions:
             fn.get(name)  # raises a clear ValueError for unknown names
         if not 1 <= self.n_min <= self.n_max:
@@ -70,7 +91,7 @@ class TaskConfig:
 class InnerState(eqx.Module):
     """One particle: a problem, the optimizer's state on it, and the steps left."""
 
-    problem: fn.Problem
+    problem: Any  # fn.Problem, or a physics WindowProblem
     opt: LearnedState | AcceptState  # AcceptState when the network is ``monotone``
     remaining: jax.Array  # inner steps left on this problem
     f0: jax.Array
@@ -82,12 +103,15 @@ class TruncatedTask(eqx.Module):
     static: eqx.Module = eqx.field(static=True)  # non-array part of the network
     unravel: object = eqx.field(static=True)  # flat theta -> array part of the network
     config: TaskConfig = eqx.field(static=True)
+    bank: Any = None  # physics family: the WindowBank the problems are drawn from
 
     def net(self, theta: jax.Array):
         return eqx.combine(self.unravel(theta), self.static)
 
-    def sample_problem(self, key: jax.Array) -> fn.Problem:
+    def sample_problem(self, key: jax.Array):
         c = self.config
+        if c.family == "physics":
+            return self.bank.sample(key)
         return fn.sample_problem(
             key,
             names=c.functions,
@@ -104,8 +128,11 @@ class TruncatedTask(eqx.Module):
         kp, kx, kr = jax.random.split(key, 3)
         problem = self.sample_problem(kp)
         mask = problem.mask
-        z0 = jax.random.uniform(kx, mask.shape, minval=-1.0, maxval=1.0)
-        z0 = jnp.where(mask, z0, 0.0)
+        if self.config.family == "physics":  # hold the start pose
+            z0 = jnp.zeros(mask.shape, jnp.float32)
+        else:
+            z0 = jax.random.uniform(kx, mask.shape, minval=-1.0, maxval=1.0)
+            z0 = jnp.where(mask, z0, 0.0)
         T = self.config.horizon
         remaining = jax.random.randint(kr, (), 1, T + 1) if stagger else jnp.asarray(T)
         return InnerState(
@@ -114,6 +141,22 @@ class TruncatedTask(eqx.Module):
             remaining=remaining.astype(jnp.int32),
             f0=jnp.zeros((), z0.dtype),
         )
+
+    def objective(self, problem):
+        """The problem's objective in box-normalised coordinates, as a function of ``z``."""
+        if self.config.family == "physics":
+            return lambda z: self.bank.objective(problem, z)
+        return problem.unit_objective
+
+    def for_validation(self) -> TruncatedTask:
+        """The task whose problems validation draws: the physics family's validation split,
+        the same distribution for the test functions."""
+        if self.config.family != "physics":
+            return self
+        from optimus.physics.task import window_bank
+
+        c = self.config
+        return eqx.tree_at(lambda t: t.bank, self, window_bank(c.physics_val_split, c.physics_ks))
 
     def step_loss(self, f: jax.Array, f0: jax.Array) -> jax.Array:
         rel = (f + REL_EPS * f0) / (f0 + REL_EPS * f0 + jnp.finfo(f.dtype).tiny)
@@ -131,7 +174,7 @@ class TruncatedTask(eqx.Module):
 
         def body(carry, _):
             s, seg = carry
-            objective = s.problem.unit_objective
+            objective = self.objective(s.problem)
             f, g = jax.value_and_grad(objective)(s.opt.x)
             f0 = jnp.where(s.opt.t == 0, f, s.f0)
             loss = self.step_loss(f, f0)
@@ -157,4 +200,9 @@ def make_task(net, config: TaskConfig) -> tuple[TruncatedTask, jax.Array]:
 
     params, static = eqx.partition(net, eqx.is_array)
     theta, unravel = ravel_pytree(params)
-    return TruncatedTask(static=static, unravel=unravel, config=config), theta
+    bank = None
+    if config.family == "physics":
+        from optimus.physics.task import window_bank
+
+        bank = window_bank(config.physics_split, config.physics_ks)
+    return TruncatedTask(static=static, unravel=unravel, config=config, bank=bank), theta

@@ -75,6 +75,9 @@ class OuterConfig:
     warmup_steps: int = 50
     clip_norm: float = 1.0
     seed: int = 0
+    # start from these meta-parameters instead of a random network (a fine-tune): the name
+    # of a shipped model or the path of a .npz written by save_params; "" = random init
+    init_from: str = ""
 
     def __post_init__(self):
         if self.steps < 1 or not self.learning_rate > 0 or not self.clip_norm > 0:
@@ -275,6 +278,8 @@ class Trainer:
         root = jax.random.key(config.outer.seed)
         self.root_key = root
         net = build_net(config.model, jax.random.fold_in(root, 1_000_003))
+        if config.outer.init_from:
+            net = initial_net(config.outer.init_from, net)
         self.task, theta0 = make_task(net, config.tasks)
         self.theta0 = theta0
         self.tx = make_outer_optimizer(config.outer)
@@ -326,9 +331,11 @@ class Trainer:
         # validation problems are sharded too when their number divides by the device count
         val_part = part if config.run.eval_tasks % n_dev == 0 else None
 
+        val_task = task.for_validation()
+
         def validate(theta):
             return full_loss(
-                task,
+                val_task,
                 theta,
                 val_key,
                 num_tasks=config.run.eval_tasks,
@@ -409,6 +416,31 @@ class Trainer:
     def devices(self) -> str:
         """The devices that run the particles, e.g. ``"4 × cpu"``."""
         return dist.describe(self.mesh)
+
+
+def initial_net(source: str, like):
+    """The network to fine-tune: the shipped model named ``source``, or the parameter file
+    at that path. Its architecture must be the config's ``[model]`` (``like``)."""
+    from optimus.pretrained import available, load_pretrained
+    from optimus.serialization import load_params
+
+    if source in available():
+        net = load_pretrained(source)
+    elif Path(source).is_file():
+        net, _ = load_params(source)
+    else:
+        raise ValueError(
+            f"outer.init_from: {source!r} is neither a shipped model ({', '.join(available())}) "
+            "nor an existing parameter file"
+        )
+    if net.config != like.config:
+        want, got = dataclasses.asdict(like.config), dataclasses.asdict(net.config)
+        diff = {k: (want[k], got.get(k)) for k in want if want[k] != got.get(k)}
+        raise ValueError(
+            f"outer.init_from: {source!r} has another architecture than [model]; differing "
+            f"fields (config, init_from): {diff}"
+        )
+    return net
 
 
 _TRAINERS: dict[str, Trainer] = {}
@@ -582,6 +614,22 @@ def train(
     fh = log_path.open("a", newline="") if main else None
     try:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS) if fh is not None else None
+        if start_step == 0 and config.outer.init_from:
+            # a fine-tune validates its starting point (log row 0), so the exported best
+            # meta-parameters are never worse on validation than the network it started from
+            v = trainer.validate(state.theta)
+            if math.isfinite(float(v)):
+                state = eqx.tree_at(lambda s: (s.best_val, s.best_theta), state, (v, state.theta))
+            if writer is not None:
+                writer.writerow(
+                    {
+                        "step": 0,
+                        "val_loss": f"{float(v):.6g}",
+                        "lr": "0",
+                        "wall_s": f"{time.time() - t_start:.2f}",
+                    }
+                )
+                fh.flush()
         while int(state.step) < total:
             t0 = time.time()
             try:

@@ -17,6 +17,7 @@ from optimus.physics.model import BONES
 
 _COLORS = {
     "optimus": "C3",
+    "optimus-humanoid": "C6",
     "optimus-noprecond": "C1",
     "mlp": "C4",
     "bfgs": "C0",

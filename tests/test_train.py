@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -253,3 +254,32 @@ def test_fine_tune_errors(tmp_path, tiny_config):
     ]:
         with pytest.raises(ValueError, match=match):
             load_config(tiny_config, bad)
+
+
+def test_trainable_subset_trains_only_those_parts(tmp_path, tiny_config):
+    """``outer.trainable``: theta holds only the named parts; the exported network has the
+    starting values everywhere else, bit for bit, and a changed named part."""
+    import equinox as eqx
+    from jax.flatten_util import ravel_pytree
+
+    from optimus.serialization import load_params
+
+    base = train(load_config(tiny_config, ["outer.steps=2"]), tmp_path / "base", progress=False)
+    start, _ = load_params(base)
+    cfg = load_config(
+        tiny_config,
+        [f"outer.init_from='{base}'", "outer.trainable=glob_head", "outer.steps=6"],
+    )
+    assert cfg.outer.trainable == ("glob_head",)
+    trainer = Trainer(cfg)
+    head = ravel_pytree(eqx.filter(start.glob_head, eqx.is_array))[0]
+    np.testing.assert_array_equal(np.asarray(trainer.theta0), np.asarray(head))
+    path = train(cfg, tmp_path / "ft", progress=False)
+    end, _ = load_params(path.with_name(f"{cfg.name}-last.npz"))
+    rest = lambda net: eqx.filter(eqx.tree_at(lambda m: m.glob_head, net, None), eqx.is_array)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(rest(start)), jax.tree.leaves(rest(end)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moved = ravel_pytree(eqx.filter(end.glob_head, eqx.is_array))[0]
+    assert not np.array_equal(np.asarray(moved), np.asarray(head))
+    with pytest.raises(ValueError, match="no part 'heads'.*glob_head"):
+        Trainer(load_config(tiny_config, ["outer.trainable=heads"]))

@@ -104,9 +104,13 @@ class TruncatedTask(eqx.Module):
     unravel: object = eqx.field(static=True)  # flat theta -> array part of the network
     config: TaskConfig = eqx.field(static=True)
     bank: Any = None  # physics family: the WindowBank the problems are drawn from
+    frozen: Any = None  # arrays of the network that are not meta-trained (make_task)
 
     def net(self, theta: jax.Array):
-        return eqx.combine(self.unravel(theta), self.static)
+        parts = (
+            (self.unravel(theta),) if self.frozen is None else (self.unravel(theta), self.frozen)
+        )
+        return eqx.combine(*parts, self.static)
 
     def sample_problem(self, key: jax.Array):
         c = self.config
@@ -194,15 +198,39 @@ class TruncatedTask(eqx.Module):
         return state, losses, seg, fresh
 
 
-def make_task(net, config: TaskConfig) -> tuple[TruncatedTask, jax.Array]:
-    """Split ``net`` into a flat meta-parameter vector ``theta`` and a :class:`TruncatedTask`."""
+def make_task(
+    net, config: TaskConfig, trainable: tuple[str, ...] = ()
+) -> tuple[TruncatedTask, jax.Array]:
+    """Split ``net`` into a flat meta-parameter vector ``theta`` and a :class:`TruncatedTask`.
+
+    ``trainable`` names top-level parts of the network (e.g. ``("glob_head",)``, the global
+    step / gate / damping head of Optimus) whose arrays form ``theta``; the other arrays are
+    frozen at their values in ``net``. Empty: every array is meta-trained."""
     from jax.flatten_util import ravel_pytree
 
-    params, static = eqx.partition(net, eqx.is_array)
-    theta, unravel = ravel_pytree(params)
+    arrays, static = eqx.partition(net, eqx.is_array)
+    spec = jax.tree.map(lambda _: not trainable, arrays)
+    for name in trainable:
+        part = getattr(arrays, name, None)
+        if not jax.tree.leaves(part):
+            names = [
+                f
+                for f in getattr(type(net), "__dataclass_fields__", {})
+                if jax.tree.leaves(getattr(arrays, f, None))
+            ]
+            raise ValueError(
+                f"outer.trainable: the network has no part {name!r} with parameters; parts: {names}"
+            )
+        spec = eqx.tree_at(
+            lambda t, name=name: getattr(t, name), spec, jax.tree.map(lambda _: True, part)
+        )
+    arrays, frozen = eqx.partition(arrays, spec)
+    frozen = frozen if trainable else None
+    theta, unravel = ravel_pytree(arrays)
     bank = None
     if config.family == "physics":
         from optimus.physics.task import window_bank
 
         bank = window_bank(config.physics_split, config.physics_ks)
-    return TruncatedTask(static=static, unravel=unravel, config=config, bank=bank), theta
+    task = TruncatedTask(static=static, unravel=unravel, config=config, bank=bank, frozen=frozen)
+    return task, theta

@@ -78,8 +78,12 @@ class OuterConfig:
     # start from these meta-parameters instead of a random network (a fine-tune): the name
     # of a shipped model or the path of a .npz written by save_params; "" = random init
     init_from: str = ""
+    # meta-train only these top-level parts of the network (e.g. ["glob_head"]: Optimus'
+    # global step, gate and damping head, ~150 parameters); empty = all parameters
+    trainable: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "trainable", tuple(self.trainable))
         if self.steps < 1 or not self.learning_rate > 0 or not self.clip_norm > 0:
             raise ValueError("outer: steps >= 1, learning_rate > 0 and clip_norm > 0 required")
 
@@ -280,7 +284,7 @@ class Trainer:
         net = build_net(config.model, jax.random.fold_in(root, 1_000_003))
         if config.outer.init_from:
             net = initial_net(config.outer.init_from, net)
-        self.task, theta0 = make_task(net, config.tasks)
+        self.task, theta0 = make_task(net, config.tasks, config.outer.trainable)
         self.theta0 = theta0
         self.tx = make_outer_optimizer(config.outer)
         task: TruncatedTask = self.task

@@ -66,11 +66,36 @@ def test_dataset_layout(data):
     assert not np.allclose(data["test"]["obs2d"][0], data["val"]["obs2d"][0])
 
 
-def test_regenerating_a_clip_is_bit_exact(data):
+def test_regenerating_a_clip_is_deterministic(data):
+    """Same machine: a regenerated clip is bit-identical (no hidden state or randomness)."""
+    a, b = MO.generate_clip("test", 0), MO.generate_clip("test", 0)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_committed_clips_are_the_seeded_draws_and_valid_simulations(data):
+    """Across machines: the NumPy draws of the committed clips (primitive, body, PD targets)
+    are bit-exact, and replaying each window's targets in the simulator from the committed
+    window-start state reproduces the committed keypoints. (Regenerating a whole clip is
+    bit-exact only on the same CPU type: XLA's CPU rounding differs between machines and the
+    contact-rich rollout amplifies it over a clip, e.g. up to 0.4 m after 1 s between the
+    machine that wrote the file and an AMD EPYC.)"""
+    steps, frames = O.STEPS_PER_WINDOW, O.FRAMES_PER_WINDOW
     for split in ("test", "test_mismatch"):
-        clip = MO.generate_clip(split, 0)
-        for key, val in clip.items():
-            np.testing.assert_array_equal(val, data[split][key][0], err_msg=f"{split}/{key}")
+        d = {key: val[0] for key, val in data[split].items()}
+        _, family, mismatch, targets = MO.draw_clip(split, 0, int(d["attempt"]))
+        assert family == int(d["family"])
+        np.testing.assert_array_equal(mismatch.as_array().astype(np.float32), d["mismatch"])
+        np.testing.assert_array_equal(targets[steps:].astype(np.float32), d["targets"])
+        dyn = M.model_arrays(mismatch)
+        errors = []
+        for w in range(MO.WINDOWS_PER_CLIP):
+            sl = slice(w * steps, (w + 1) * steps)
+            _, _, kps = MO.simulate_targets(dyn, d["qpos"][w], d["qvel"][w], d["targets"][sl])
+            ref = d["kp3d"][w * frames : (w + 1) * frames]
+            errors.append(np.linalg.norm(kps - ref, axis=-1).mean())
+        # measured on an AMD EPYC: median 0.00-0.01 mm, worst window 8.7 mm (a contact event)
+        assert np.median(errors) < 1e-3 and max(errors) < 0.025, (split, errors)
 
 
 def test_objective_at_ground_truth_is_near_noise_floor(data):

@@ -12,7 +12,14 @@ import optimus
 from optimus import functions as fn
 from optimus.nets import build_net
 from optimus.nets.optimus import NetConfig
-from optimus.optimizers.acceptance import BACKTRACK, WARMUP, AcceptState, accept_init, accept_update
+from optimus.optimizers.acceptance import (
+    BACKTRACK,
+    INTERP_MIN,
+    WARMUP,
+    AcceptState,
+    accept_init,
+    accept_update,
+)
 from optimus.optimizers.learned import learned, learned_init, learned_update, model_init
 
 
@@ -38,14 +45,14 @@ def gd_update(lr):
     return update
 
 
-def drive(update, state, f, steps):
+def drive(update, state, f, steps, **kw):
     """Run ``steps`` evaluations; return the trial points, their values and the states."""
     xs, fs, states = [], [], []
     for _ in range(steps):
         v, g = jax.value_and_grad(f)(state.x)
         xs.append(np.asarray(state.x))
         fs.append(float(v))
-        state = accept_update(update, state, v, g)
+        state = accept_update(update, state, v, g, **kw)
         states.append(state)
     return xs, fs, states
 
@@ -69,6 +76,37 @@ def test_overshooting_step_is_pulled_back_halfway():
     assert int(states[-1].n_reject) > 0
     # with rejections the layer makes progress where plain GD diverges
     assert float(states[-1].f_best) < fs[0]
+
+
+def test_interpolating_backtrack_lands_on_the_line_minimum_of_a_quadratic():
+    """``interpolate=True``: a rejected overshoot on a quadratic is pulled back to the exact
+    minimiser along the step (beta from f_b, g_b'p and f), safeguarded into [0.1, 0.5]."""
+    A = jnp.diag(jnp.array([1.0, 10.0]))
+
+    def f(x):
+        return 0.5 * x @ A @ x
+
+    x0 = jnp.array([1.0, 1.0])
+    _, fs, states = drive(gd_update(0.35), accept_init(gd_init(x0)), f, 6, interpolate=True)
+    betas = []
+    for i in range(WARMUP, len(states) - 1):
+        if states[i].n_reject > states[i - 1].n_reject:
+            xb = np.asarray(states[i].x_best, np.float64)
+            p = np.asarray(states[i - 1].x, np.float64) - xb  # the rejected step
+            nxt = np.asarray(states[i].x, np.float64)
+            beta = np.dot(nxt - xb, p) / np.dot(p, p)
+            Ad = np.asarray(A, np.float64)
+            exact = -np.dot(Ad @ xb, p) / np.dot(p, Ad @ p)
+            np.testing.assert_allclose(nxt, xb + beta * p, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(beta, np.clip(exact, INTERP_MIN, BACKTRACK), rtol=1e-4)
+            betas.append(beta)
+    assert betas and min(betas) < BACKTRACK  # it did more than halve
+    # a non-finite trial value falls back to halving
+    s = states[-1]
+    s2 = accept_update(gd_update(0.35), s, jnp.nan, jnp.zeros(2), interpolate=True)
+    np.testing.assert_allclose(
+        np.asarray(s2.x), np.asarray(s.x_best + BACKTRACK * (s.x - s.x_best)), rtol=1e-6
+    )
 
 
 def test_a_descent_run_is_never_rejected_and_equals_the_inner_optimizer():

@@ -255,6 +255,7 @@ def test_unknown_bfgs_scaling_is_refused():
     [
         (dict(attention="linear"), "unknown attention"),
         (dict(secant="sr1"), "unknown secant"),
+        (dict(backtrack="cubic"), "unknown backtrack"),
         (dict(num_inducing=0), "num_inducing"),
     ],
 )

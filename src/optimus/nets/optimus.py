@@ -74,6 +74,9 @@ class NetConfig:
     monotone: bool = False
     # with monotone: remember the backtracking across steps (acceptance "step memory")
     step_memory: bool = False
+    # with monotone: how a rejected trial point is pulled back to the best point, "halve"
+    # (beta = 1/2) or "interp" (minimiser of the quadratic through f_b, g_b'p and f)
+    backtrack: str = "halve"
     # token mixing of the encoder (optimus.nets.encoder): "full" self-attention, O(n^2), or
     # "induced" attention through num_inducing learned tokens, O(n)
     attention: str = "full"
@@ -88,6 +91,8 @@ class NetConfig:
             raise ValueError(f"unknown network kind {self.kind!r}; expected 'optimus' or 'mlp'")
         if self.attention not in ("full", "induced"):
             raise ValueError(f"unknown attention {self.attention!r}; expected 'full' or 'induced'")
+        if self.backtrack not in ("halve", "interp"):
+            raise ValueError(f"unknown backtrack {self.backtrack!r}; expected 'halve' or 'interp'")
         if self.secant not in ("lbfgs", "bfgs"):
             raise ValueError(f"unknown secant {self.secant!r}; expected 'lbfgs' or 'bfgs'")
         if self.num_inducing < 1:

@@ -20,6 +20,22 @@ trial point :math:`x` with value :math:`f` and gradient :math:`g`:
   following evaluation therefore retries the same direction with half the step, and the
   secant pair the inner optimizer sees next, :math:`(x - x_b,\ g(x) - g(x_b))`, is exact.
 
+**Interpolating backtracking** (optional, ``interpolate=True``; ``NetConfig.backtrack =
+"interp"``). Instead of the fixed :math:`\beta = 1/2`, the pull-back factor is the minimiser
+of the quadratic through :math:`f_b`, the slope :math:`g_b^\top p` and :math:`f` along
+:math:`p = x - x_b` (the classical safeguarded backtracking of Nocedal & Wright, §3.5):
+
+.. math:: \beta = \operatorname{clip}\Bigl(\frac{-g_b^\top p}{2\,(f - f_b - g_b^\top p)},
+   \ 0.1,\ 0.5\Bigr),
+
+exact in one step on a quadratic along the line; :math:`\beta = 1/2` when :math:`p` is not a
+descent direction or :math:`f` is not finite. It needs the gradient :math:`g_b` at the best
+point, which the state keeps either way. Off in every shipped model. Measured with the
+shipped weights switched to it (``scripts/experiment_acceptance.py --set backtrack=interp``
+→ ``bench_results/backtrack.md``): no gain beyond noise (physics first windows: median final
+loss 4.09 vs 4.36 for optimus, 4.27 vs 4.17 for optimus-noprecond, rejections 32 vs 35 of 50;
+test functions: mean log10 −4.98 vs −5.18 for optimus).
+
 **Step memory** (optional, ``memory=True``; ``NetConfig.step_memory``; ours). Plain
 backtracking forgets: when the inner optimizer keeps proposing steps :math:`2^k` times too
 long, every accepted step costs :math:`k` rejections. With memory the layer keeps a trust
@@ -28,7 +44,7 @@ exactly :math:`c \leftarrow c/2`), an acceptance multiplies it by ``GROW`` = 1.5
 (doubling would undo every halving at once), and the inner
 optimizer's next proposal :math:`x'` is shortened to :math:`x_b + c\,(x' - x_b)` before it is
 evaluated. The secant pair the inner optimizer sees is still exact. Off in every shipped
-model. Measured with the shipped weights switched to it (``scripts/experiment_step_memory.py``
+model. Measured with the shipped weights switched to it (``scripts/experiment_acceptance.py``
 → ``bench_results/step_memory.md``): it did not help, neither on the physics windows (median
 final loss 4.35 vs 4.12, rejections 31 vs 39 of 50) nor on the test functions (mean log10
 −5.41 vs −5.87); a network meta-trained with it has not been tried.
@@ -52,6 +68,7 @@ import jax.numpy as jnp
 
 BACKTRACK = 0.5  # beta: a rejected trial point is pulled half-way back to the best point
 WARMUP = 2  # accepted steps that are never judged (the initial point and the first probe)
+INTERP_MIN = 0.1  # interpolating backtracking: smallest pull-back factor
 GROW = 1.5  # step memory: an acceptance multiplies the trust factor by this (capped at 1)
 
 
@@ -61,6 +78,7 @@ class AcceptState(eqx.Module):
     inner: Any  # state of the wrapped optimizer (its ``x`` is the next trial point)
     x_best: jax.Array
     f_best: jax.Array
+    g_best: jax.Array  # gradient at x_best (interpolating backtracking)
     n_reject: jax.Array
     trust: jax.Array  # step-memory factor c in (0, 1]; stays 1 without memory
 
@@ -96,6 +114,7 @@ def accept_init(inner: Any) -> AcceptState:
         inner=inner,
         x_best=x,
         f_best=jnp.asarray(jnp.inf, x.dtype),
+        g_best=jnp.zeros_like(x),
         n_reject=jnp.zeros((), jnp.int32),
         trust=jnp.ones((), x.dtype),
     )
@@ -109,12 +128,14 @@ def accept_update(
     *,
     steps_taken: jax.Array | None = None,
     memory: bool = False,
+    interpolate: bool = False,
 ) -> AcceptState:
     """Judge the trial point ``state.x`` given ``value = f(state.x)`` and ``grad``.
 
     ``update(inner, value, grad)`` is the inner optimizer's update. ``steps_taken`` is the
     number of accepted steps so far (default ``state.inner.t``), used for the warm-up.
-    ``memory`` turns on the step memory (module docstring).
+    ``memory`` turns on the step memory, ``interpolate`` the interpolating backtracking
+    (module docstring).
     """
     x = state.x
     dtype = x.dtype
@@ -127,12 +148,20 @@ def accept_update(
     safe_value = jnp.where(finite, value, 0).astype(dtype)
     safe_grad = jnp.where(finite, grad, 0).astype(grad.dtype)
     accepted = update(state.inner, safe_value, safe_grad)
-    pulled = state.x_best + jnp.asarray(BACKTRACK, dtype) * (x - state.x_best)
+    beta = jnp.asarray(BACKTRACK, dtype)
+    if interpolate:
+        p = x - state.x_best
+        slope = jnp.vdot(state.g_best, p).astype(dtype)
+        curv = 2 * (safe_value - state.f_best - slope)
+        ok = finite & (slope < 0) & (curv > 0) & jnp.isfinite(state.f_best)
+        quad = -slope / jnp.where(ok, curv, 1)
+        beta = jnp.where(ok, jnp.clip(quad, INTERP_MIN, BACKTRACK), beta).astype(dtype)
+    pulled = state.x_best + beta * (x - state.x_best)
     rejected = eqx.tree_at(lambda s: s.x, state.inner, pulled)
     trust = state.trust
     if memory:
         grown = jnp.minimum(GROW * trust, 1).astype(trust.dtype)
-        trust = jnp.where(accept, grown, BACKTRACK * trust).astype(trust.dtype)
+        trust = jnp.where(accept, grown, beta * trust).astype(trust.dtype)
         shortened = x + trust * (accepted.x - x)  # x is the new best point when accepted
         accepted = eqx.tree_at(lambda s: s.x, accepted, shortened.astype(x.dtype))
     inner = jax.tree.map(lambda a, r: jnp.where(accept, a, r), accepted, rejected)
@@ -140,6 +169,7 @@ def accept_update(
         inner=inner,
         x_best=jnp.where(accept, x, state.x_best),
         f_best=jnp.where(accept, value, state.f_best),
+        g_best=jnp.where(accept, safe_grad.astype(dtype), state.g_best),
         n_reject=state.n_reject + (~accept).astype(jnp.int32),
         trust=trust,
     )

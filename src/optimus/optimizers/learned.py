@@ -219,6 +219,7 @@ def model_update(net, state: LearnedState | AcceptState, value: jax.Array, grad:
             value,
             grad,
             memory=getattr(net.config, "step_memory", False),
+            interpolate=getattr(net.config, "backtrack", "halve") == "interp",
         )
     return learned_update(net, state, value, grad)
 

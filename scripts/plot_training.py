@@ -2,6 +2,8 @@
 
 Usage: python scripts/plot_training.py [bench_results/training]
 Reads NAME-log.csv files (copied from runs/NAME/log.csv) and writes training.png beside them.
+The physics fine-tune (optimus-humanoid) has its own folder, bench_results/training/physics:
+its meta-loss is on another scale and its validation problems are physics windows.
 """
 
 import csv
@@ -21,8 +23,9 @@ def main(folder: str = "bench_results/training") -> Path:
         name = path.name[: -len("-log.csv")]
         with path.open() as fh:
             rows = list(csv.DictReader(fh))
-        steps = [int(r["step"]) for r in rows]
-        loss = [float(r["loss"]) for r in rows]
+        trained = [r for r in rows if r["loss"]]  # a fine-tune's row 0 only validates
+        steps = [int(r["step"]) for r in trained]
+        loss = [float(r["loss"]) for r in trained]
         k = 50  # moving average of the (noisy) PES training loss
         smooth = [
             sum(loss[max(0, i - k + 1) : i + 1]) / len(loss[max(0, i - k + 1) : i + 1])
@@ -36,8 +39,8 @@ def main(folder: str = "bench_results/training") -> Path:
     )
     ax2.set(
         xlabel="outer step",
-        ylabel="mean log10 f_t/f_0 over 100 steps",
-        title="validation meta-loss (128 fixed problems)",
+        ylabel="mean log10 f_t/f_0 over the horizon",
+        title="validation meta-loss (fixed validation problems)",
     )
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)

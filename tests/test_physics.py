@@ -261,9 +261,29 @@ def test_bench_smoke(tmp_path):
     for r in summary["methods"].values():
         assert np.isfinite(r["median_final_loss"]) and r["median_mpjpe_mm"] > 0
         assert r["n_windows"] == 2  # one window of one clip of each test split
+        assert r["median_first_window_move_rad"] > 0  # both methods leave the start
     assert summary["ground_truth_median_loss"] < summary["methods"]["adam"]["median_final_loss"]
     for name in ("report.md", "fig_loss.png", "fig_mpjpe.png", "fig_skeleton.png", "clip.gif"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_task_model_runs_its_shipped_weights_with_its_method(data):
+    """``optimus-humanoid`` in the physics benchmark is the method 'optimus' with the
+    fine-tuned weights, and is part of the default methods while it ships."""
+    import optimus
+    from optimus.physics import bench
+
+    assert "optimus-humanoid" in optimus.pretrained.available()
+    assert bench.default_methods()[:2] == ("optimus", "optimus-humanoid")
+    card = optimus.pretrained.model_card("optimus-humanoid")
+    assert card["train_config"]["tasks"]["family"] == "physics"
+    assert card["train_config"]["outer"]["init_from"] == "optimus"
+    obj = _hold_window(_clip(data, "train"), 2)  # on test[0] both stay at x0 for 10 evals
+    a = bench.solve_window(obj, "optimus-humanoid", 10)
+    b = bench.solve_window(obj, "optimus", 10, params=optimus.load_pretrained("optimus-humanoid"))
+    c = bench.solve_window(obj, "optimus", 10)
+    np.testing.assert_array_equal(a["losses"], b["losses"])
+    assert not np.array_equal(a["x"], c["x"])  # other weights, another trajectory
 
 
 def test_pa_mpjpe_of_a_diverged_frame_is_nan():

@@ -79,7 +79,7 @@ class OuterConfig:
     # of a shipped model or the path of a .npz written by save_params; "" = random init
     init_from: str = ""
     # meta-train only these top-level parts of the network (e.g. ["glob_head"]: Optimus'
-    # global step, gate and damping head, ~150 parameters); empty = all parameters
+    # global step, gate and damping head, 216 parameters); empty = all parameters
     trainable: tuple[str, ...] = ()
 
     def __post_init__(self):

@@ -130,10 +130,11 @@ def solve_window(
         method = TASK_MODELS[method]
     rec = _Recorder(obj)
     options = {"learning_rate": lr} if lr is not None else None
+    start = np.zeros(obj.n) if x0 is None else np.clip(x0, *obj.bounds)
     t0 = time.perf_counter()
     res = optimus.minimize(
         rec,
-        np.zeros(obj.n) if x0 is None else np.clip(x0, *obj.bounds),
+        start,
         method=method,
         jac=True,
         steps=evals,
@@ -150,6 +151,7 @@ def solve_window(
     final, q, v, kps, terms = obj.evaluate(np.asarray(res.x))
     return dict(
         x=np.asarray(res.x),
+        move=float(np.max(np.abs(np.asarray(res.x) - start))),
         final=final,
         qpos=q,
         qvel=v,
@@ -305,6 +307,7 @@ def summarize(results: dict, settings: dict, gt_losses: dict) -> dict[str, Any]:
             median_first_window_mpjpe_mm=float(np.median([w["mpjpe_hist"][-1] for w in first])),
             mean_rejected_points_per_window=float(np.mean([w["n_rejected"] for w in wins])),
             mean_fallback_steps_per_window=float(np.mean([w["n_fallback"] for w in wins])),
+            median_first_window_move_rad=float(np.median([w["move"] for w in first])),
             statuses=statuses,
             median_mpjpe_mm=float(np.median([c["mpjpe"] for c in clips])),
             median_root_mpjpe_mm=float(np.median([c["root_mpjpe"] for c in clips])),
@@ -358,13 +361,16 @@ def write_report(out: Path, summary: dict, timing: dict) -> None:
         "reconstruction.",
         "",
         "Safeguards of the solver (mean per window: rejected trial points / learned steps "
-        "replaced by a safe gradient step; termination statuses):",
+        "replaced by a safe gradient step; termination statuses) and how far the solution moved "
+        "from the start (median over first windows of max |x - x0|, rad; the offsets' box is "
+        "[-1, 1]):",
         "",
     ]
     for m, r in summary["methods"].items():
         lines.append(
             f"- {m}: {r['mean_rejected_points_per_window']:.1f} / "
-            f"{r['mean_fallback_steps_per_window']:.1f}; {r['statuses']}"
+            f"{r['mean_fallback_steps_per_window']:.1f}; {r['statuses']}; "
+            f"moved {r['median_first_window_move_rad']:.1e}"
         )
     lines += ["", "Per split (median clip MPJPE mm / PA-MPJPE mm / window final loss):", ""]
     for m, r in summary["methods"].items():

@@ -88,7 +88,7 @@ def make_window(
     base=None,
 ) -> WindowData:
     """Assemble :class:`WindowData`; ``base`` defaults to holding the start pose."""
-    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    f32 = functools.partial(jnp.asarray, dtype=jnp.result_type(float))
     qpos0 = f32(qpos0)
     if base is None:
         base = jnp.broadcast_to(qpos0[7:], (STEPS_PER_WINDOW, M.N_JOINTS))
@@ -147,8 +147,8 @@ class WindowObjective(eqx.Module):
     k: int = eqx.field(static=True)
 
     def pad(self, theta):
-        theta = jnp.asarray(theta, jnp.float32).reshape(self.k, M.N_JOINTS)
-        return jnp.zeros((K_MAX, M.N_JOINTS), jnp.float32).at[: self.k].set(theta).reshape(-1)
+        theta = jnp.asarray(theta, jnp.result_type(float)).reshape(self.k, M.N_JOINTS)
+        return jnp.zeros((K_MAX, M.N_JOINTS), theta.dtype).at[: self.k].set(theta).reshape(-1)
 
     def __call__(self, theta: jax.Array) -> jax.Array:
         return loss_terms(self.pad(theta), self.data)[0]

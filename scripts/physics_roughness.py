@@ -10,7 +10,9 @@ objective with the first-order prediction h g'd. A ratio near 1 means the linear
 at that scale; a negative ratio means the objective went *up* along its steepest-descent
 direction (contact events make the window objective piecewise smooth). The float64 rows run
 the same simulation with ``jax_enable_x64`` (in a subprocess), to separate physical
-discontinuities from float32 rounding. Writes ``bench_results/physics/roughness.md``.
+discontinuities from float32 rounding, and the "no contacts" rows in float64 with MuJoCo's
+contact constraints disabled (the body then sinks into the floor: a diagnosis, not a task),
+to locate them. Writes ``bench_results/physics/roughness.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,23 @@ import time
 from pathlib import Path
 
 STEPS = (1e-9, 1e-7, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2)
+VARIANTS = ("float32", "float64", "float64, no contacts")
+
+
+def _disable_contacts() -> None:
+    """Patch the humanoid model loader so that MuJoCo's contact constraints are off."""
+    import mujoco
+
+    from optimus.physics import model as M
+
+    load = M._raw_model
+
+    def without_contacts():
+        m = load()
+        m.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_CONTACT)
+        return m
+
+    M._raw_model = without_contacts
 
 
 def ratios(clips: int) -> list[list[float]]:
@@ -59,21 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=4)
     p.add_argument("--out", default="bench_results/physics")
-    p.add_argument("--child", choices=("32", "64"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        if args.child == "64":
+        if args.child != "float32":
             import jax
 
             jax.config.update("jax_enable_x64", True)
+        if args.child == "float64, no contacts":
+            _disable_contacts()
         print(json.dumps(ratios(args.clips)))
         return 0
     t0 = time.time()
     rows = {}
-    for bits in ("32", "64"):
-        cmd = [sys.executable, __file__, "--child", bits, "--clips", str(args.clips)]
+    for variant in VARIANTS:
+        cmd = [sys.executable, __file__, "--child", variant, "--clips", str(args.clips)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows[bits] = json.loads(res.stdout.strip().splitlines()[-1])
+        rows[variant] = json.loads(res.stdout.strip().splitlines()[-1])
     lines = [
         "# Physics window objective: is the gradient a good local model?",
         "",
@@ -82,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         "entry is (f(x0 + h d) - f(x0)) / (h g'd) with d = -g/|g|: 1 = the linear model holds, "
         "< 0 = the objective rises along its steepest-descent direction.",
         "",
-        "| precision | clip | " + " | ".join(f"h = {h:.0e}" for h in STEPS) + " |",
+        "| simulation | clip | " + " | ".join(f"h = {h:.0e}" for h in STEPS) + " |",
         "|---|---|" + "---|" * len(STEPS),
     ]
-    for bits, per_clip in rows.items():
+    for variant, per_clip in rows.items():
         for i, row in enumerate(per_clip):
-            lines.append(f"| float{bits} | {i} | " + " | ".join(f"{r:+.2f}" for r in row) + " |")
+            lines.append(f"| {variant} | {i} | " + " | ".join(f"{r:+.2f}" for r in row) + " |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "roughness.md").write_text("\n".join(lines) + "\n")

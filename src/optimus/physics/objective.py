@@ -88,21 +88,21 @@ def make_window(
     base=None,
 ) -> WindowData:
     """Assemble :class:`WindowData`; ``base`` defaults to holding the start pose."""
-    f32 = functools.partial(jnp.asarray, dtype=jnp.result_type(float))
-    qpos0 = f32(qpos0)
+    as_float = functools.partial(jnp.asarray, dtype=jnp.result_type(float))  # float64 under x64
+    qpos0 = as_float(qpos0)
     if base is None:
         base = jnp.broadcast_to(qpos0[7:], (STEPS_PER_WINDOW, M.N_JOINTS))
     return WindowData(
         model=model_dyn,
         qpos0=qpos0,
-        qvel0=f32(qvel0),
-        base=f32(base),
-        interp=f32(interpolation_matrix(k)),
-        camera=f32(camera),
-        obs2d=f32(obs2d),
-        conf=f32(conf),
-        est3d=f32(est3d),
-        n_active=f32(M.N_JOINTS * k),
+        qvel0=as_float(qvel0),
+        base=as_float(base),
+        interp=as_float(interpolation_matrix(k)),
+        camera=as_float(camera),
+        obs2d=as_float(obs2d),
+        conf=as_float(conf),
+        est3d=as_float(est3d),
+        n_active=as_float(M.N_JOINTS * k),
     )
 
 

@@ -12,7 +12,8 @@ direction (contact events make the window objective piecewise smooth). The float
 the same simulation with ``jax_enable_x64`` (in a subprocess), to separate physical
 discontinuities from float32 rounding, and the "no contacts" rows in float64 with MuJoCo's
 contact constraints disabled (the body then sinks into the floor: a diagnosis, not a task),
-to locate them. Writes ``bench_results/physics/roughness.md``.
+to locate them, and the "soft contacts" rows with the contacts' ``solref`` time constant
+raised from 0.02 s to 0.1 s. Writes ``bench_results/physics/roughness.md``.
 """
 
 from __future__ import annotations
@@ -25,27 +26,32 @@ import time
 from pathlib import Path
 
 STEPS = (1e-9, 1e-7, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2)
-VARIANTS = ("float32", "float64", "float64, no contacts")
+VARIANTS = ("float32", "float64", "float64, no contacts", "float64, soft contacts")
 
 
-def _disable_contacts() -> None:
-    """Patch the humanoid model loader so that MuJoCo's contact constraints are off."""
+def _patch_contacts(variant: str) -> None:
+    """Patch the humanoid model loader: contact constraints off, or softer contacts."""
     import mujoco
 
     from optimus.physics import model as M
 
     load = M._raw_model
 
-    def without_contacts():
+    def patched():
         m = load()
-        m.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_CONTACT)
+        if variant == "float64, no contacts":
+            m.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_CONTACT)
+        else:
+            m.geom_solref[:, 0] = 0.1
+            m.pair_solref[:, 0] = 0.1
         return m
 
-    M._raw_model = without_contacts
+    M._raw_model = patched
 
 
 def ratios(clips: int) -> list[list[float]]:
-    """Per clip, the ratio actual / predicted change for every step length of STEPS."""
+    """Per clip, |g| at the start and the ratio actual / predicted change for every step
+    length of STEPS."""
     import numpy as np
 
     from optimus.physics import bench as PB
@@ -66,7 +72,7 @@ def ratios(clips: int) -> list[list[float]]:
 
         v0, g0 = vg(np.zeros(obj.n))
         d = -g0 / np.linalg.norm(g0)
-        row = []
+        row = [float(np.linalg.norm(g0))]
         for h in STEPS:
             v1, _ = vg(h * d)
             row.append((v1 - v0) / (h * float(g0 @ d)))
@@ -85,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             import jax
 
             jax.config.update("jax_enable_x64", True)
-        if args.child == "float64, no contacts":
-            _disable_contacts()
+        if "contacts" in args.child:
+            _patch_contacts(args.child)
         print(json.dumps(ratios(args.clips)))
         return 0
     t0 = time.time()
@@ -103,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         "entry is (f(x0 + h d) - f(x0)) / (h g'd) with d = -g/|g|: 1 = the linear model holds, "
         "< 0 = the objective rises along its steepest-descent direction.",
         "",
-        "| simulation | clip | " + " | ".join(f"h = {h:.0e}" for h in STEPS) + " |",
-        "|---|---|" + "---|" * len(STEPS),
+        "| simulation | clip | \\|g\\| | " + " | ".join(f"h = {h:.0e}" for h in STEPS) + " |",
+        "|---|---|---|" + "---|" * len(STEPS),
     ]
     for variant, per_clip in rows.items():
         for i, row in enumerate(per_clip):
-            lines.append(f"| {variant} | {i} | " + " | ".join(f"{r:+.2f}" for r in row) + " |")
+            cells = [f"{row[0]:.0f}"] + [f"{r:+.2f}" for r in row[1:]]
+            lines.append(f"| {variant} | {i} | " + " | ".join(cells) + " |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "roughness.md").write_text("\n".join(lines) + "\n")

@@ -202,13 +202,30 @@ def render_model_cards() -> str:
         tasks = card.get("task_distribution", {})
         est = card.get("estimator", {})
         lines += [f"## `{name}`", ""]
+        physics = tasks.get("family") == "physics"
+        if physics:
+            ks = tasks.get("physics_ks", [])
+            family = [
+                ("task family", "physics windows of the motion-reconstruction dataset"),
+                (
+                    "splits",
+                    f"{tasks.get('physics_split')} (validation: {tasks.get('physics_val_split')})",
+                ),
+                ("keyframes K", f"{min(ks)}–{max(ks)} (n = 21 K)" if ks else None),
+            ]
+        else:
+            family = [
+                ("functions", ", ".join(tasks.get("functions", []))),
+                ("dimensions", f"{tasks.get('n_min')}–{tasks.get('n_max')} (log-uniform)"),
+                ("variants", ", ".join(tasks.get("variants", []))),
+                ("objective scale", f"10^U{tuple(tasks.get('log_scale_range', []))}"),
+            ]
+        init = card.get("train_config", {}).get("outer", {}).get("init_from")
         rows = [
             ("architecture", ", ".join(f"{k}={v}" for k, v in cfg.items())),
-            ("functions", ", ".join(tasks.get("functions", []))),
-            ("dimensions", f"{tasks.get('n_min')}–{tasks.get('n_max')} (log-uniform)"),
+            *family,
             ("inner horizon", tasks.get("horizon")),
-            ("variants", ", ".join(tasks.get("variants", []))),
-            ("objective scale", f"10^U{tuple(tasks.get('log_scale_range', []))}"),
+            ("fine-tuned from", init),
             ("estimator", ", ".join(f"{k}={v}" for k, v in est.items())),
             ("outer steps", card.get("outer_steps")),
             ("inner task-steps", card.get("inner_steps")),
@@ -223,15 +240,25 @@ def render_model_cards() -> str:
             rows.append(("note", card["commit_note"]))
         lines += ["| field | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in rows if v not in (None, "", "None")]
-        lines += [
-            "",
-            "Intended use: minimising smooth or mildly multimodal functions of 2 to a few",
-            "thousand variables in box-normalised coordinates (pass `bounds=`), with budgets of",
-            "about 100 evaluations. The validation meta-loss is the mean log10 improvement of",
-            "the objective over the inner horizon on held-out problems of the training",
-            "distribution (lower is better).",
-            "",
-        ]
+        use = (
+            [
+                "Intended use: the window objectives of `optimus.physics` (method `optimus` with",
+                "these weights; `optimus bench physics` runs it by default). It loses to",
+                "BFGS / L-BFGS / Adam there (README, physics task). The validation meta-loss is",
+                "the mean log10 ratio of the window objective to its starting value over the",
+                "inner horizon on the validation windows (lower is better).",
+            ]
+            if physics
+            else [
+                "Intended use: minimising smooth or mildly multimodal functions of 2 to a few",
+                "thousand variables in box-normalised coordinates (pass `bounds=`), with "
+                "budgets of",
+                "about 100 evaluations. The validation meta-loss is the mean log10 improvement of",
+                "the objective over the inner horizon on held-out problems of the training",
+                "distribution (lower is better).",
+            ]
+        )
+        lines += ["", *use, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

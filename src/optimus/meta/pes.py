@@ -144,6 +144,42 @@ def pes_estimate(
     return jnp.mean(g, axis=0), new_state, metrics
 
 
+def tbptt_estimate(
+    task,
+    theta: jax.Array,
+    state: PESState,
+    key: jax.Array,
+    *,
+    truncation: int,
+    particle_sharding: jax.sharding.Sharding | None = None,
+) -> tuple[jax.Array, PESState, dict[str, jax.Array]]:
+    r"""Truncated backpropagation through time: for every particle of ``state.pos`` the
+    exact gradient, by reverse-mode autodiff through the inner optimizer's updates
+    (Hessian-vector products of the objectives included), of its losses in the next
+    ``truncation`` inner steps; the estimate is their mean over the particles whose gradient
+    is finite (``metrics["dropped"]`` counts the others). Particles persist and reset as in
+    :func:`pes_estimate` (one particle per pair: ``state.neg`` and ``state.xi`` are carried
+    unchanged). Low variance but biased for the full-horizon meta-objective: the dependence
+    of a truncation's starting state on :math:`\theta` is cut, and the particles dropped
+    are those whose unroll has no finite derivative (an iterate that converged to a point
+    where the features' normalisers vanish), which the clipped meta-loss would count as
+    flat anyway."""
+    keys = _shard(jax.random.split(key, state.xi.shape[0]), particle_sharding)
+
+    def particle(th, s, k):
+        nxt = task.init(th, k, False)
+        out, losses, _, fresh = task.unroll(th, s, truncation, nxt)
+        return jnp.sum(losses), (out, fresh)
+
+    grad = jax.value_and_grad(particle, has_aux=True)
+    (values, (pos, fresh)), grads = jax.vmap(grad, in_axes=(None, 0, 0))(theta, state.pos, keys)
+    ok = jnp.all(jnp.isfinite(grads), axis=1)
+    g = jnp.sum(jnp.where(ok[:, None], grads, 0), axis=0) / jnp.maximum(jnp.sum(ok), 1)
+    new_state = _shard(PESState(pos=pos, neg=state.neg, xi=state.xi), particle_sharding)
+    metrics = {"loss": jnp.mean(values), "resets": jnp.sum(fresh), "dropped": jnp.sum(~ok)}
+    return g, new_state, metrics
+
+
 def _split(losses: jax.Array, seg: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.sum(jnp.where(seg, 0, losses), axis=1), jnp.sum(jnp.where(seg, losses, 0), axis=1)
 

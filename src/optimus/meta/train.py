@@ -47,7 +47,14 @@ import optax
 from optimus.meta import checkpoint as ckpt
 from optimus.meta import distributed as dist
 from optimus.meta.distributed import DistributedConfig, DistributedError
-from optimus.meta.pes import PESState, es_estimate, full_loss, pes_estimate, pes_init
+from optimus.meta.pes import (
+    PESState,
+    es_estimate,
+    full_loss,
+    pes_estimate,
+    pes_init,
+    tbptt_estimate,
+)
 from optimus.meta.tasks import TaskConfig, TruncatedTask, make_task
 from optimus.nets import NetConfig, build_net
 from optimus.serialization import save_params
@@ -55,16 +62,23 @@ from optimus.serialization import save_params
 
 @dataclasses.dataclass(frozen=True)
 class EstimatorConfig:
-    kind: str = "pes"  # "pes" (truncated, persistent) or "es" (full unrolls)
+    # "pes" (truncated, persistent), "es" (full unrolls) or "tbptt" (truncated backprop
+    # through the unroll, persistent particles, one per pair; sigma unused)
+    kind: str = "pes"
     num_pairs: int = 64
     truncation: int = 20
     sigma: float = 0.01
 
     def __post_init__(self):
-        if self.kind not in ("pes", "es"):
-            raise ValueError(f"estimator.kind must be 'pes' or 'es', got {self.kind!r}")
+        if self.kind not in ("pes", "es", "tbptt"):
+            raise ValueError(f"estimator.kind must be 'pes', 'es' or 'tbptt', got {self.kind!r}")
         if self.num_pairs < 1 or self.truncation < 1 or not self.sigma > 0:
             raise ValueError("estimator: num_pairs, truncation >= 1 and sigma > 0 required")
+
+    @property
+    def persistent(self) -> bool:
+        """Whether the estimator keeps particles that advance by truncations."""
+        return self.kind in ("pes", "tbptt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +126,7 @@ class TrainConfig:
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
-        if self.estimator.kind == "pes" and self.estimator.truncation > self.tasks.horizon:
+        if self.estimator.persistent and self.estimator.truncation > self.tasks.horizon:
             raise ValueError(
                 f"estimator.truncation ({self.estimator.truncation}) must not exceed "
                 f"tasks.horizon ({self.tasks.horizon})"
@@ -291,7 +305,16 @@ class Trainer:
 
         def outer_step(state: TrainState) -> tuple[TrainState, dict]:
             key = jax.random.fold_in(root, state.step)
-            if est.kind == "pes":
+            if est.kind == "tbptt":
+                g, pes, metrics = tbptt_estimate(
+                    task,
+                    state.theta,
+                    state.pes,
+                    key,
+                    truncation=est.truncation,
+                    particle_sharding=part,
+                )
+            elif est.kind == "pes":
                 g, pes, metrics = pes_estimate(
                     task,
                     state.theta,
@@ -357,7 +380,7 @@ class Trainer:
 
     def _shardings(self, rep, part) -> TrainState:
         """Sharding prefix tree of a :class:`TrainState`: particles split, the rest replicated."""
-        pes = part if self.config.estimator.kind == "pes" else None
+        pes = part if self.config.estimator.persistent else None
         return TrainState(
             theta=rep,
             opt_state=rep,
@@ -376,7 +399,7 @@ class Trainer:
         """The initial state on this process's default device."""
         cfg = self.config
         pes = None
-        if cfg.estimator.kind == "pes":
+        if cfg.estimator.persistent:
             pes = pes_init(
                 self.task,
                 self.theta0,
@@ -414,8 +437,8 @@ class Trainer:
 
     def inner_steps_per_outer(self) -> int:
         est = self.config.estimator
-        k = est.truncation if est.kind == "pes" else self.config.tasks.horizon
-        return 2 * est.num_pairs * k
+        k = est.truncation if est.persistent else self.config.tasks.horizon
+        return (1 if est.kind == "tbptt" else 2) * est.num_pairs * k
 
     def devices(self) -> str:
         """The devices that run the particles, e.g. ``"4 × cpu"``."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -305,22 +306,17 @@ class Trainer:
 
         def outer_step(state: TrainState) -> tuple[TrainState, dict]:
             key = jax.random.fold_in(root, state.step)
-            if est.kind == "tbptt":
-                g, pes, metrics = tbptt_estimate(
-                    task,
-                    state.theta,
-                    state.pes,
-                    key,
-                    truncation=est.truncation,
-                    particle_sharding=part,
+            if est.persistent:
+                estimate = (
+                    tbptt_estimate
+                    if est.kind == "tbptt"
+                    else functools.partial(pes_estimate, sigma=est.sigma)
                 )
-            elif est.kind == "pes":
-                g, pes, metrics = pes_estimate(
+                g, pes, metrics = estimate(
                     task,
                     state.theta,
                     state.pes,
                     key,
-                    sigma=est.sigma,
                     truncation=est.truncation,
                     particle_sharding=part,
                 )

@@ -17,8 +17,12 @@ sigma = 0.01, the test-function task family) and measures how consistent they ar
   than two standard errors (5 % expected by chance).
 
 Estimators: antithetic ES over full 100-step unrolls from fresh problems (the unbiased
-reference) and PES over 20-step truncations (each draw from its own particle population,
-after one horizon of truncations at the same theta). Two parameter sets: all 45,590
+reference), PES over 20-step truncations (each draw from its own particle population,
+after one horizon of truncations at the same theta) and, for comparison, TBPTT over one
+20-step truncation of 64 fresh staggered particles (``estimator.kind = "tbptt"``: exact
+gradients of a different, short-horizon objective, so its "signal" is consistency, not the
+direction of the full-horizon gradient; through these chaotic unrolls its draws are
+heavy-tailed, which dominates the variance columns, so read its mean cosine). Two parameter sets: all 45,590
 meta-parameters and the global head alone (``outer.trainable = ["glob_head"]``, 216). Writes
 ``bench_results/pes_snr.md``.
 """
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from optimus.meta.pes import es_estimate, pes_estimate, pes_init
+    from optimus.meta.pes import es_estimate, pes_estimate, pes_init, tbptt_estimate
     from optimus.meta.tasks import make_task
     from optimus.meta.train import load_config
     from optimus.pretrained import load_pretrained
@@ -90,9 +94,20 @@ def main(argv: list[str] | None = None) -> int:
             for j in range(burn_in + 1):
                 g, state = pes(theta, state, jax.random.fold_in(key, j))
             pes_draws.append(g)
+        # TBPTT keeps no accumulators: fresh staggered particles are its working state
+        tbptt = jax.jit(
+            lambda th, s, k, task=task: tbptt_estimate(
+                task, th, s, k, truncation=est_cfg.truncation
+            )[0]
+        )
+        tbptt_draws = []
+        for i in range(args.estimates):
+            key = jax.random.fold_in(root, 30_000 + i)
+            tbptt_draws.append(tbptt(theta, pes_init(task, theta, key, pairs), key))
         for name, draws in (
             ("ES, full 100-step unrolls", es_draws),
             ("PES, 20-step truncations", pes_draws),
+            ("TBPTT, 20-step truncations (biased)", tbptt_draws),
         ):
             s = _stats(draws)
             # one estimate averages `pairs` pairs: Var(one pair) = pairs * var

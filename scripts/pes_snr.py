@@ -22,9 +22,9 @@ after one horizon of truncations at the same theta) and, for comparison, TBPTT o
 20-step truncation of 64 fresh staggered particles (``estimator.kind = "tbptt"``: exact
 gradients of a different, short-horizon objective, so its "signal" is consistency, not the
 direction of the full-horizon gradient; through these chaotic unrolls its draws are
-heavy-tailed, which dominates the variance columns, so read its mean cosine). Two parameter sets: all 45,590
-meta-parameters and the global head alone (``outer.trainable = ["glob_head"]``, 216). Writes
-``bench_results/pes_snr.md``.
+heavy-tailed, which dominates the variance columns, so read its mean cosine). Two parameter
+sets: all 45,590 meta-parameters and the global head alone (``outer.trainable =
+["glob_head"]``, 216). Writes ``bench_results/pes_snr.md``.
 """
 
 from __future__ import annotations

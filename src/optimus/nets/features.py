@@ -189,14 +189,6 @@ def _rms_normalize(ch: jax.Array, mask: jax.Array) -> jax.Array:
     return ch * jax.lax.rsqrt(ms + tiny)
 
 
-def safe_sqrt(a: jax.Array) -> jax.Array:
-    """``sqrt(a)`` for ``a >= 0`` with a zero derivative at 0 (``jnp.sqrt``'s is infinite,
-    which turns meta-gradients through an unroll into NaN once a step or gradient is exactly
-    zero, e.g. the first step's ``s``). Same values as ``jnp.sqrt``."""
-    pos = a > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, a, 1)), 0).astype(a.dtype)
-
-
 def _safe_log_ratio(a: jax.Array, b: jax.Array) -> jax.Array:
     tiny = jnp.finfo(a.dtype).tiny
     return jnp.log(a + tiny) - jnp.log(b + tiny)
@@ -215,7 +207,7 @@ def reference_length(g: jax.Array, s: jax.Array, y: jax.Array, mask: jax.Array) 
     n = jnp.maximum(jnp.sum(mask), 1).astype(g.dtype)
     yy = jnp.vdot(y, y)
     ok = yy > 0
-    bb = safe_sqrt(jnp.vdot(g, g) / n) * jnp.abs(jnp.vdot(s, y)) / jnp.where(ok, yy, 1.0)
+    bb = jnp.sqrt(jnp.vdot(g, g) / n) * jnp.abs(jnp.vdot(s, y)) / jnp.where(ok, yy, 1.0)
     return jnp.where(ok, bb, 1.0)
 
 
@@ -279,7 +271,7 @@ def global_features(
     tiny = jnp.finfo(dtype).tiny
     df = jnp.tanh((f - f_prev) / (jnp.abs(f_prev) + tiny))
     logf = jnp.clip(_safe_log_ratio(jnp.abs(f), jnp.abs(f0)), -60, 60) / 10
-    rms = lambda a: safe_sqrt(jnp.vdot(a, a) / n)  # noqa: E731
+    rms = lambda a: jnp.sqrt(jnp.vdot(a, a) / n)  # noqa: E731
     yy = jnp.vdot(y, y)
     bb = rms(g) * jnp.abs(jnp.vdot(s, y)) / (yy + tiny)
     has_prev = (t > 0).astype(dtype)

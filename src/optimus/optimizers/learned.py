@@ -178,7 +178,7 @@ def _rms(v: jax.Array, mask: jax.Array) -> jax.Array:
     v = jnp.where(mask, v, 0)
     peak = jnp.max(jnp.abs(v))
     safe_peak = jnp.where(peak > 0, peak, 1)
-    return peak * F.safe_sqrt(jnp.sum((v / safe_peak) ** 2) / n)
+    return peak * jnp.sqrt(jnp.sum((v / safe_peak) ** 2) / n)
 
 
 def _safeguard(step, B, H, g, s, dx, q, ell, mask):

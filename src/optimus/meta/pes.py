@@ -160,10 +160,12 @@ def tbptt_estimate(
     is finite (``metrics["dropped"]`` counts the others). Particles persist and reset as in
     :func:`pes_estimate` (one particle per pair: ``state.neg`` and ``state.xi`` are carried
     unchanged). Low variance but biased for the full-horizon meta-objective: the dependence
-    of a truncation's starting state on :math:`\theta` is cut, and the particles dropped
-    are those whose unroll has no finite derivative (an iterate that converged to a point
-    where the features' normalisers vanish), which the clipped meta-loss would count as
-    flat anyway."""
+    of a truncation's starting state on :math:`\theta` is cut, and particles whose unroll
+    has no finite derivative are left out: an iterate that reaches a point where a
+    feature normaliser vanishes (a gradient of exactly zero at a minimum, local or global)
+    overflows the derivative of that normalisation. That can be many: on a tiny network
+    with 16 particles over 6 truncations, 46 of 96 on the sphere, 43 of 96 on Rastrigin,
+    2 of 96 on Rosenbrock."""
     keys = _shard(jax.random.split(key, state.xi.shape[0]), particle_sharding)
 
     def particle(th, s, k):

@@ -140,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     if field not in OPTIONS:
         p.error(f"--set: one of {', '.join(OPTIONS)}")
     tag, parse = OPTIONS[field]
-    name = "step_memory" if field == "step_memory" else field
     t0 = time.time()
     nets = _variants(args.models.split(","), field, parse(raw))
     body: list[str] = []
@@ -158,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.md").write_text("\n".join(lines))
-    print(f"wrote {out / f'{name}.md'}")
+    (out / f"{field}.md").write_text("\n".join(lines))
+    print(f"wrote {out / f'{field}.md'}")
     return 0
 
 

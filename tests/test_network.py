@@ -24,6 +24,8 @@ CONFIGS = {
     "optimus-induced-noprecond": NetConfig(
         width=16, depth=2, num_heads=2, attention="induced", num_inducing=4, precondition=False
     ),
+    # the Adam-like term in box units, without step acceptance (optimus-humanoid)
+    "optimus-box": NetConfig(width=16, depth=2, num_heads=2, secant="bfgs", step_scale="box"),
 }
 
 
@@ -172,6 +174,34 @@ def test_untrained_network_is_a_sensible_descent_method():
     assert float(jnp.sum(state.x**2)) < 1e-6 * float(jnp.sum(x0**2))
 
 
+def test_box_step_scale_measures_the_adam_like_term_in_box_units():
+    """``step_scale="box"``: a = exp(c1 mu + sigma) in box units instead of a multiple of the
+    Barzilai-Borwein length ell. With the quasi-Newton gate closed and B = I the two rules
+    give the same network step up to exactly the factor ell, at every step."""
+    import dataclasses
+
+    with jax.enable_x64(True):  # the steps are ~1e-5 of x: compare them without rounding
+        base = jax.tree.map(
+            lambda a: a.astype(jnp.float64) if eqx.is_array(a) else a, _net("optimus-noprecond")
+        )
+        closed = base.glob_head.bias.at[3].set(-100.0)  # lam = 2 sigmoid(-100) = 0
+        bb = eqx.tree_at(lambda m: m.glob_head.bias, base, closed)
+        like = build_net(dataclasses.replace(bb.config, step_scale="box"), jax.random.key(0))
+        box = jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(bb))
+        state = learned_init(bb, jnp.linspace(-0.5, 0.7, 6, dtype=jnp.float64))
+        for t in range(4):
+            f, g = jax.value_and_grad(_quad)(state.x)
+            s, y = state.x - state.x_prev, g - state.g_prev
+            ell = 1.0 if t == 0 else F.reference_length(g, s, y, state.mask)  # 1 before a pair
+            new_bb = learned_update(bb, state, f, g)
+            new_box = learned_update(box, state, f, g)  # same state: the rules differ only here
+            np.testing.assert_allclose(
+                np.asarray(state.x - new_box.x), np.asarray(state.x - new_bb.x) / ell, rtol=1e-9
+            )
+            assert t == 0 or abs(float(ell) - 1) > 1e-3  # the test compares different lengths
+            state = new_bb
+
+
 def _bfgs_reference(H, s, y, scaling="asymmetric"):
     """BFGS with the scalings of F.bfgs_inverse_update, textbook product form, float64
     NumPy."""
@@ -257,6 +287,7 @@ def test_unknown_bfgs_scaling_is_refused():
         (dict(secant="sr1"), "unknown secant"),
         (dict(backtrack="cubic"), "unknown backtrack"),
         (dict(num_inducing=0), "num_inducing"),
+        (dict(step_scale="adam"), "unknown step_scale"),
     ],
 )
 def test_bad_network_config_is_refused(bad, match):

@@ -1,6 +1,7 @@
 """Meta-training runs: config parsing, checkpoints, SIGKILL + resume determinism, errors."""
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from optimus.cli import main as cli_main
 from optimus.meta import checkpoint as ckpt
-from optimus.meta.train import Trainer, load_config, train
+from optimus.meta.train import Trainer, config_from_dict, load_config, train
 
 TINY = """
 name = "optimus"
@@ -254,6 +255,52 @@ def test_fine_tune_errors(tmp_path, tiny_config):
     ]:
         with pytest.raises(ValueError, match=match):
             load_config(tiny_config, bad)
+
+
+def test_fine_tune_with_another_update_rule_and_reset_head_biases(tmp_path, tiny_config):
+    """A fine-tune may change the update-rule fields (``train.RULE_FIELDS``) of the weights
+    it starts from, and ``outer.init_log_step`` / ``init_gate_logit`` overwrite exactly the
+    global head's sigma and gate biases; the settings survive a JSON round trip (``null``
+    when unset) and a resume."""
+    import json
+
+    import equinox as eqx
+    from jax.flatten_util import ravel_pytree
+
+    from optimus.serialization import load_params
+
+    base = train(load_config(tiny_config, ["outer.steps=2"]), tmp_path / "base", progress=False)
+    start, _ = load_params(base)
+    assert load_config(tiny_config).outer.init_log_step is None
+    sets = [
+        f"outer.init_from='{base}'",
+        "model.step_scale=box",
+        "model.monotone=true",
+        "outer.init_log_step=-4.5",
+        "outer.init_gate_logit=-3",
+        "outer.steps=4",
+    ]
+    cfg = load_config(tiny_config, sets)
+    assert cfg.outer.init_log_step == -4.5 and cfg.outer.init_gate_logit == -3.0
+    trainer = Trainer(cfg)
+    want = np.asarray(start.glob_head.bias).copy()
+    want[[0, 3]] = [-4.5, -3.0]
+    expected = eqx.tree_at(lambda m: m.glob_head.bias, start, want)
+    flat = ravel_pytree(eqx.filter(expected, eqx.is_array))[0]
+    np.testing.assert_array_equal(np.asarray(trainer.theta0), np.asarray(flat))
+    path = train(cfg, tmp_path / "ft", progress=False, stop_after=3)
+    path = train(cfg, tmp_path / "ft", resume=True, progress=False)
+    net, _ = load_params(path)
+    assert net.config.step_scale == "box" and net.config.monotone
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["train_config"]["outer"]["init_log_step"] == -4.5
+    plain = load_config(tiny_config, ["outer.steps=2"])
+    dumped = json.loads(json.dumps(dataclasses.asdict(plain)))
+    assert dumped["outer"]["init_log_step"] is None
+    assert config_from_dict(dumped) == plain
+    # a parameter-changing field still refuses
+    with pytest.raises(ValueError, match="another architecture.*hidden"):
+        Trainer(load_config(tiny_config, [f"outer.init_from='{base}'", "model.hidden=4"]))
 
 
 def test_trainable_subset_trains_only_those_parts(tmp_path, tiny_config):

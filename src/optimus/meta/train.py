@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,11 @@ class OuterConfig:
     # meta-train only these top-level parts of the network (e.g. ["glob_head"]: Optimus'
     # global step, gate and damping head, 216 parameters); empty = all parameters
     trainable: tuple[str, ...] = ()
+    # with init_from, re-initialise the bias of Optimus' global head: the global log step
+    # sigma (exp(sigma) in units of the model's step_scale) and the quasi-Newton gate logit
+    # (lam = 2 sigmoid(logit)); unset = keep the trained value
+    init_log_step: float | None = None
+    init_gate_logit: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "trainable", tuple(self.trainable))
@@ -158,6 +164,11 @@ _SECTIONS = {
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     origin = typing.get_origin(typ)
+    if origin is types.UnionType:  # "T | None": None (JSON null) or a T
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(typ) if a is not type(None)]
+        return _coerce(value, inner, where)
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -298,7 +309,8 @@ class Trainer:
         self.root_key = root
         net = build_net(config.model, jax.random.fold_in(root, 1_000_003))
         if config.outer.init_from:
-            net = initial_net(config.outer.init_from, net)
+            o = config.outer
+            net = initial_net(o.init_from, net, o.init_log_step, o.init_gate_logit)
         self.task, theta0 = make_task(net, config.tasks, config.outer.trainable)
         self.theta0 = theta0
         self.tx = make_outer_optimizer(config.outer)
@@ -441,9 +453,17 @@ class Trainer:
         return dist.describe(self.mesh)
 
 
-def initial_net(source: str, like):
+# NetConfig fields that change how the network's outputs are used, not its parameters: a
+# fine-tune may start from weights trained with other values of these
+RULE_FIELDS = ("monotone", "step_memory", "backtrack", "step_scale")
+
+
+def initial_net(source: str, like, log_step: float | None = None, gate_logit: float | None = None):
     """The network to fine-tune: the shipped model named ``source``, or the parameter file
-    at that path. Its architecture must be the config's ``[model]`` (``like``)."""
+    at that path. Its architecture must be the config's ``[model]`` (``like``) up to the
+    update-rule fields :data:`RULE_FIELDS`, which are taken from ``like``. ``log_step`` and
+    ``gate_logit`` (unless None) overwrite the biases of the global head's sigma and gate
+    outputs (``OuterConfig.init_log_step`` / ``init_gate_logit``)."""
     from optimus.pretrained import available, load_pretrained
     from optimus.serialization import load_params
 
@@ -456,13 +476,22 @@ def initial_net(source: str, like):
             f"outer.init_from: {source!r} is neither a shipped model ({', '.join(available())}) "
             "nor an existing parameter file"
         )
-    if net.config != like.config:
-        want, got = dataclasses.asdict(like.config), dataclasses.asdict(net.config)
-        diff = {k: (want[k], got.get(k)) for k in want if want[k] != got.get(k)}
+    want, got = dataclasses.asdict(like.config), dataclasses.asdict(net.config)
+    diff = {k: (want[k], got.get(k)) for k in want if want[k] != got.get(k)}
+    if set(diff) - set(RULE_FIELDS):
         raise ValueError(
             f"outer.init_from: {source!r} has another architecture than [model]; differing "
             f"fields (config, init_from): {diff}"
         )
+    if diff:  # same parameters, the config's update rule: refill a network of that config
+        net = jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(net))
+    for index, value, name in ((0, log_step, "init_log_step"), (3, gate_logit, "init_gate_logit")):
+        if value is None:
+            continue
+        if not hasattr(net, "glob_head"):
+            raise ValueError(f"outer.{name} needs an Optimus network (kind = 'optimus')")
+        bias = net.glob_head.bias.at[index].set(value)
+        net = eqx.tree_at(lambda m: m.glob_head.bias, net, bias)
     return net
 
 

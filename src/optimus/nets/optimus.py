@@ -85,6 +85,11 @@ class NetConfig:
     # "lbfgs" - two-loop recursion over the last features.LBFGS_MEMORY secant pairs, O(n);
     # "bfgs" - a dense BFGS inverse-Hessian estimate H kept in the state, O(n^2)
     secant: str = "lbfgs"
+    # reference length of the Adam-like step term (optimus.optimizers.learned): "bb" - the
+    # Barzilai-Borwein step length (features.reference_length); "box" - 1, the half-width
+    # of the box, so exp(sigma) is an absolute step as Adam's learning rate is (for rough
+    # objectives whose secant pairs carry no curvature, e.g. the physics windows)
+    step_scale: str = "bb"
 
     def __post_init__(self):
         if self.kind not in ("optimus", "mlp"):
@@ -95,6 +100,8 @@ class NetConfig:
             raise ValueError(f"unknown backtrack {self.backtrack!r}; expected 'halve' or 'interp'")
         if self.secant not in ("lbfgs", "bfgs"):
             raise ValueError(f"unknown secant {self.secant!r}; expected 'lbfgs' or 'bfgs'")
+        if self.step_scale not in ("bb", "box"):
+            raise ValueError(f"unknown step_scale {self.step_scale!r}; expected 'bb' or 'box'")
         if self.num_inducing < 1:
             raise ValueError(f"NetConfig.num_inducing must be >= 1, got {self.num_inducing}")
         for name in ("width", "num_heads", "mlp_ratio", "hidden"):

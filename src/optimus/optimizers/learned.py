@@ -17,7 +17,11 @@ One iteration, given :math:`f_t = f(x_t)` and :math:`g_t = \nabla f(x_t)`:
    :math:`a = \exp(c_1\mu + \sigma)\,\ell` and the quasi-Newton gate
    :math:`\lambda \in (0, 2)`; :math:`\ell` is the RMS length of the Barzilai–Borwein step
    (:func:`optimus.nets.features.reference_length`), so the Adam-like term is a learned
-   fraction of a secant step length and vanishes as the iterate converges.
+   fraction of a secant step length and vanishes as the iterate converges. With
+   ``NetConfig.step_scale = "box"``, :math:`\ell = 1` (one box half-width) instead, and
+   :math:`e^{\sigma}` is an absolute step length like Adam's learning rate: for rough
+   objectives whose secant pairs carry no curvature (the physics windows), where the BB
+   length is noise. The safeguard below keeps using the BB length.
 
 **Safeguard.** The network's step :math:`\Delta = B_{t+1}(a \odot d + \lambda q)` is
 rejected when it is non-finite or *wildly growing*, defined as
@@ -141,7 +145,9 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
     glob = F.global_features(state.t, value, f_prev, f0, g, g_prev, s, y, dx, q, mask)
     out = net(feats, glob, mask)
     ell = F.reference_length(g, s, y, mask)
-    a = jnp.exp(jnp.clip(MAG_SCALE * out.mu + out.sigma, -30.0, 10.0)) * ell
+    # the Adam-like term's length unit: the BB length, or the box half-width (step_scale)
+    unit = jnp.ones((), dtype) if getattr(net.config, "step_scale", "bb") == "box" else ell
+    a = jnp.exp(jnp.clip(MAG_SCALE * out.mu + out.sigma, -30.0, 10.0)) * unit
     raw = (a * out.d + out.lam * q).astype(dtype)
     if state.B is None:
         B_new = None

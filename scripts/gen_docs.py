@@ -243,10 +243,10 @@ def render_model_cards() -> str:
         use = (
             [
                 "Intended use: the window objectives of `optimus.physics` (method `optimus` with",
-                "these weights; `optimus bench physics` runs it by default). It loses to",
-                "BFGS / L-BFGS / Adam there (README, physics task). The validation meta-loss is",
-                "the mean log10 ratio of the window objective to its starting value over the",
-                "inner horizon on the validation windows (lower is better).",
+                "these weights; `optimus bench physics` runs it by default); its numbers beside",
+                "BFGS / L-BFGS / Adam are in the README's physics section. The validation",
+                "meta-loss is the mean log10 ratio of the window objective to its starting",
+                "value over the inner horizon on the validation windows (lower is better).",
             ]
             if physics
             else [

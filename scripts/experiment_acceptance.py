@@ -35,22 +35,15 @@ OPTIONS = {"step_memory": ("memory", lambda v: v.lower() == "true"), "backtrack"
 
 
 def _variants(names, field: str, value):
-    import jax
-
-    from optimus.nets import build_net
+    from optimus.nets import with_config
     from optimus.pretrained import load_pretrained
 
     out = {}
     for name in names:
         net = load_pretrained(name)
-        cfg = dataclasses.replace(net.config, **{field: value})
-        # the config is a static field: a fresh network with the new config, refilled with
-        # the trained arrays (same architecture, so the same leaves in the same order)
-        fresh = build_net(cfg, jax.random.key(0))
         out[name] = net
-        out[name + "+" + OPTIONS[field][0]] = jax.tree.unflatten(
-            jax.tree.structure(fresh), jax.tree.leaves(net)
-        )
+        tag = name + "+" + OPTIONS[field][0]
+        out[tag] = with_config(net, dataclasses.replace(net.config, **{field: value}))
     return out
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optimus.nets import NetConfig, build_net
+from optimus.nets import NetConfig, build_net, with_config
 from optimus.nets import features as F
 from optimus.nets.optimus import precondition_update
 from optimus.optimizers.learned import learned_init, learned_update
@@ -186,8 +186,7 @@ def test_box_step_scale_measures_the_adam_like_term_in_box_units():
         )
         closed = base.glob_head.bias.at[3].set(-100.0)  # lam = 2 sigmoid(-100) = 0
         bb = eqx.tree_at(lambda m: m.glob_head.bias, base, closed)
-        like = build_net(dataclasses.replace(bb.config, step_scale="box"), jax.random.key(0))
-        box = jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(bb))
+        box = with_config(bb, dataclasses.replace(bb.config, step_scale="box"))
         state = learned_init(bb, jnp.linspace(-0.5, 0.7, 6, dtype=jnp.float64))
         for t in range(4):
             f, g = jax.value_and_grad(_quad)(state.x)

@@ -58,7 +58,7 @@ from optimus.meta.pes import (
     tbptt_estimate,
 )
 from optimus.meta.tasks import TaskConfig, TruncatedTask, make_task
-from optimus.nets import NetConfig, build_net
+from optimus.nets import NetConfig, build_net, with_config
 from optimus.serialization import save_params
 
 
@@ -483,8 +483,8 @@ def initial_net(source: str, like, log_step: float | None = None, gate_logit: fl
             f"outer.init_from: {source!r} has another architecture than [model]; differing "
             f"fields (config, init_from): {diff}"
         )
-    if diff:  # same parameters, the config's update rule: refill a network of that config
-        net = jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(net))
+    if diff:  # same parameters, the config's update rule
+        net = with_config(net, like.config)
     for index, value, name in ((0, log_step, "init_log_step"), (3, gate_logit, "init_gate_logit")):
         if value is None:
             continue

@@ -24,7 +24,7 @@ CONFIGS = {
     "optimus-induced-noprecond": NetConfig(
         width=16, depth=2, num_heads=2, attention="induced", num_inducing=4, precondition=False
     ),
-    # the Adam-like term in box units, without step acceptance (optimus-humanoid)
+    # the Adam-like term in box units (the step rule of optimus-humanoid), no step acceptance
     "optimus-box": NetConfig(width=16, depth=2, num_heads=2, secant="bfgs", step_scale="box"),
 }
 

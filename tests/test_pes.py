@@ -175,3 +175,31 @@ def test_nonfinite_losses_are_clipped_by_the_learned_task():
         assert float(loss) == pytest.approx(LOSS_MAX / 10)
     assert float(task.step_loss(jnp.asarray(1e-3), jnp.asarray(1.0))) == pytest.approx(-0.3)
     assert float(task.step_loss(jnp.asarray(1e-30), jnp.asarray(1.0))) == pytest.approx(-1.2)
+
+
+def test_best_so_far_meta_loss_is_the_running_minimum_of_the_current_one():
+    """meta_loss = "best" scores min_{s<=t} f(z_s): on the same unroll its per-step losses are
+    the running minimum of the "current" losses (log and clip are monotone), across a reset
+    to a new problem inside the unroll too; a non-monotone rule makes them differ."""
+    import dataclasses
+
+    from optimus.meta.tasks import TaskConfig, make_task
+    from optimus.nets import with_config
+    from optimus.pretrained import load_pretrained
+
+    shipped = load_pretrained("optimus")
+    net = with_config(shipped, dataclasses.replace(shipped.config, monotone=False))
+    cfg = TaskConfig(functions=("rastrigin", "ackley"), n_max=32, horizon=12)
+    task, theta = make_task(net, cfg)
+    best_task = dataclasses.replace(task, config=dataclasses.replace(cfg, meta_loss="best"))
+    s0 = task.init(theta, jax.random.key(1), False)
+    nxt = task.init(theta, jax.random.key(2), False)
+    cur = np.asarray(task.unroll(theta, s0, 20, nxt)[1])
+    best = np.asarray(best_task.unroll(theta, s0, 20, nxt)[1])
+    expect = np.concatenate(
+        [np.minimum.accumulate(cur[:12]), np.minimum.accumulate(cur[12:])]
+    )  # the reset after 12 steps starts a new running minimum
+    np.testing.assert_array_equal(best, expect)
+    assert np.any(best != cur)
+    with pytest.raises(ValueError, match="meta_loss"):
+        TaskConfig(meta_loss="last")

@@ -286,6 +286,25 @@ def test_task_model_runs_its_shipped_weights_with_its_method(data):
     assert not np.array_equal(a["x"], c["x"])  # other weights, another trajectory
 
 
+def test_params_dir_replaces_the_weights_of_named_learned_methods(tmp_path):
+    """``--params-dir DIR``: a learned method (a task model too) runs ``DIR/<method>.npz`` where
+    it exists and the shipped weights otherwise; wrong weights or folders are refused."""
+    import optimus
+    from optimus.physics import bench
+
+    net = optimus.load_pretrained("mlp")
+    optimus.save_params(tmp_path / "optimus-humanoid.npz", optimus.load_pretrained("optimus"))
+    optimus.save_params(tmp_path / "optimus.npz", net)  # an mlp cannot run as 'optimus'
+    settings = {"methods": ["optimus-humanoid", "mlp", "adam"], "params_dir": str(tmp_path)}
+    nets, source = bench.load_weights(settings)
+    assert set(nets) == {"optimus-humanoid"}
+    assert source == {"optimus-humanoid": str(tmp_path / "optimus-humanoid.npz"), "mlp": "shipped"}
+    with pytest.raises(ValueError, match="cannot use .*optimus.npz for method 'optimus'"):
+        bench.load_weights({"methods": ["optimus"], "params_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="not a folder"):
+        bench.load_weights({"methods": ["optimus"], "params_dir": str(tmp_path / "nope")})
+
+
 def test_pa_mpjpe_of_a_diverged_frame_is_nan():
     gt = np.random.default_rng(0).normal(size=(2, M.N_KEYPOINTS, 3))
     pred = gt.copy()

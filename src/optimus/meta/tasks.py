@@ -20,7 +20,11 @@ Per-step meta-loss (scale free, so functions of very different magnitudes weigh 
 
 with :math:`f_0 = f(z_0) - f^\star`, :math:`\epsilon = 10^{-12}`, :math:`T` the inner horizon,
 and non-finite values replaced by the penalty :math:`\ell_{\max}`. Summed over a horizon it is
-the mean log-improvement over the unroll.
+the mean log-improvement over the unroll. With ``meta_loss = "best"`` the best value so far,
+:math:`\min_{s \le t} f(z_s)` over the finite evaluations, replaces :math:`f(z_t)`: the
+meta-loss of what a user gets back (``minimize`` returns the best iterate), under which an
+exploratory step costs an evaluation but is not punished for its value. (``"current"``, the
+default, scores every evaluated point, a trial point rejected by step acceptance too.)
 """
 
 from __future__ import annotations
@@ -66,12 +70,15 @@ class TaskConfig:
     physics_split: str = "train"  # physics: dataset split of the training windows
     physics_val_split: str = "val"  # physics: split of the validation windows
     physics_ks: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)  # physics: keyframe counts drawn
+    meta_loss: str = "current"  # "current": f at every evaluated point; "best": best so far
 
     def __post_init__(self):
         object.__setattr__(self, "functions", tuple(self.functions))
         object.__setattr__(self, "variants", tuple(self.variants))
         object.__setattr__(self, "log_scale_range", tuple(self.log_scale_range))
         object.__setattr__(self, "physics_ks", tuple(self.physics_ks))
+        if self.meta_loss not in ("current", "best"):
+            raise ValueError(f"tasks.meta_loss must be 'current' or 'best', got {self.meta_loss!r}")
         if self.family not in ("functions", "physics"):
             raise ValueError(f"tasks.family must be 'functions' or 'physics', got {self.family!r}")
         if self.family == "physics":
@@ -95,6 +102,7 @@ class InnerState(eqx.Module):
     opt: LearnedState | AcceptState  # AcceptState when the network is ``monotone``
     remaining: jax.Array  # inner steps left on this problem
     f0: jax.Array
+    fbest: jax.Array  # best finite objective value so far on this problem (inf before any)
 
 
 class TruncatedTask(eqx.Module):
@@ -144,6 +152,7 @@ class TruncatedTask(eqx.Module):
             opt=model_init(self.net(theta), z0, mask),
             remaining=remaining.astype(jnp.int32),
             f0=jnp.zeros((), z0.dtype),
+            fbest=jnp.full((), jnp.inf, z0.dtype),
         )
 
     def objective(self, problem):
@@ -181,13 +190,17 @@ class TruncatedTask(eqx.Module):
             objective = self.objective(s.problem)
             f, g = jax.value_and_grad(objective)(s.opt.x)
             f0 = jnp.where(s.opt.t == 0, f, s.f0)
-            loss = self.step_loss(f, f0)
+            prev = jnp.where(s.opt.t == 0, jnp.inf, s.fbest)
+            fbest = jnp.where(jnp.isfinite(f), jnp.minimum(prev, f), prev)
+            loss = self.step_loss(fbest if self.config.meta_loss == "best" else f, f0)
             if isinstance(s.opt, AcceptState):  # the acceptance layer rejects non-finite points
                 opt = model_update(net, s.opt, f, g)
             else:
                 g = jnp.where(jnp.isfinite(g), g, 0.0)
                 opt = model_update(net, s.opt, jnp.where(jnp.isfinite(f), f, f0), g)
-            s = InnerState(problem=s.problem, opt=opt, remaining=s.remaining - 1, f0=f0)
+            s = InnerState(
+                problem=s.problem, opt=opt, remaining=s.remaining - 1, f0=f0, fbest=fbest
+            )
             done = s.remaining <= 0
             s = jax.tree.map(lambda a, b: jnp.where(done, b, a), s, next_state)
             return (s, seg | done), (loss, seg)

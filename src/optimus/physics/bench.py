@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows", type=int, default=None, help="windows per clip")
     parser.add_argument("--k", default=None, help="keyframes per window, e.g. '2,4,8' (cycled)")
     parser.add_argument("--data", default=None, help="dataset .npz (default: committed)")
+    parser.add_argument(
+        "--params-dir",
+        default=None,
+        help="folder with weights DIR/<method>.npz (+ .json) used instead of the shipped ones "
+        "for the learned methods (optimus, optimus-noprecond, mlp, optimus-humanoid)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,7 +84,37 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         ks=[int(k) for k in (args.k or ("4" if quick else "2,4,8")).split(",")],
         val_windows=2 if quick else 4,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        params_dir=getattr(args, "params_dir", None),
     )
+
+
+def load_weights(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Networks of the learned methods: ``DIR/<method>.npz`` from ``--params-dir`` where it
+    exists, else the shipped weights (``None`` here: :func:`solve_window` loads them). Returns
+    the networks and, per learned method, where its weights come from."""
+    from optimus import load_params
+    from optimus.optimizers import LEARNED_METHODS, check_learned_params
+
+    nets: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    d = settings.get("params_dir")
+    if d is not None and not Path(d).is_dir():
+        raise ValueError(f"--params-dir {d} is not a folder")
+    for m in settings["methods"]:
+        runs_as = TASK_MODELS.get(m, m)
+        if runs_as not in LEARNED_METHODS:
+            continue
+        path = None if d is None else Path(d) / f"{m}.npz"
+        if path is not None and path.is_file():
+            try:
+                nets[m] = load_params(path)[0]
+                check_learned_params(runs_as, nets[m])
+            except (OSError, ValueError, TypeError) as e:
+                raise ValueError(f"cannot use {path} for method {m!r}: {e}") from None
+            source[m] = str(path)
+        else:
+            source[m] = "shipped"
+    return nets, source
 
 
 class _Recorder:
@@ -188,8 +224,11 @@ def tune_adam(data: dict, settings: dict, log) -> float:
     return best
 
 
-def reconstruct_clip(clip: dict, method: str, settings: dict, k0: int, lr=None) -> dict:
-    """Window-by-window reconstruction of one clip with one method."""
+def reconstruct_clip(
+    clip: dict, method: str, settings: dict, k0: int, lr=None, params: Any = None
+) -> dict:
+    """Window-by-window reconstruction of one clip with one method (``params``: a learned
+    method's network, default the shipped weights)."""
     from optimus.physics import metrics as MT
     from optimus.physics import model as M
     from optimus.physics import objective as O
@@ -209,7 +248,7 @@ def reconstruct_clip(clip: dict, method: str, settings: dict, k0: int, lr=None) 
         obj = _window(clip, w, qpos, qvel, k, dyn)
         # warm start (same for every method): continue the previous window's final PD target
         x0 = None if target_end is None else np.tile(target_end - qpos[7:], k)
-        out = solve_window(obj, method, settings["evals"], lr, x0)
+        out = solve_window(obj, method, settings["evals"], lr, x0, params)
         target_end = qpos[7:] + out["x"].reshape(k, -1)[-1]
         gt = clip["kp3d"][w * f : (w + 1) * f]
         hist = out.pop("kps_hist")
@@ -339,6 +378,11 @@ def write_report(out: Path, summary: dict, timing: dict) -> None:
         f"Adam lr = {summary.get('adam_lr')} (tuned on {s['val_windows']} validation windows).",
         f"Ground-truth motion's median window loss (noise floor): "
         f"{summary['ground_truth_median_loss']:.3f}.",
+        *(
+            [f"Weights not shipped: {', '.join(f'{m} = `{w}`' for m, w in other.items())}."]
+            if (other := {m: w for m, w in s.get("weights", {}).items() if w != "shipped"})
+            else []
+        ),
         "",
         "| method | median final loss | first-window loss | MPJPE mm | root-aligned mm "
         "| PA-MPJPE mm "
@@ -417,6 +461,7 @@ def main(args: argparse.Namespace) -> int:
     from optimus.physics import motion as MO
 
     settings = _settings(args)
+    nets, settings["weights"] = load_weights(settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -444,7 +489,9 @@ def main(args: argparse.Namespace) -> int:
             key = f"{split}[{i}]"
             gt_losses[key] = gt_window_losses(clip, settings["windows"])
             for m in settings["methods"]:
-                res = reconstruct_clip(clip, m, settings, i, lr if m == "adam" else None)
+                res = reconstruct_clip(
+                    clip, m, settings, i, lr if m == "adam" else None, nets.get(m)
+                )
                 results[m][key] = res
                 log(
                     f"{key} {m}: MPJPE {res['mpjpe']:.1f} mm, final losses "

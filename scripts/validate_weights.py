@@ -3,15 +3,17 @@
 
     .venv/bin/python scripts/validate_weights.py optimus path/to/other.npz ... \\
         [--config configs/optimus.toml] [--tasks 512] [--seeds 3] [--out FILE.md] \\
-        [--set SECTION.KEY=VALUE ...] [--rule FIELD=VALUE ...]
+        [--set SECTION.KEY=VALUE ...]
 
 Each argument is a shipped model name or a ``.npz`` written by ``optimus.save_params``. Every
 network is scored with the meta-loss of ``Trainer.validate`` (mean log10 of the loss relative
 to the start over the horizon, lower is better) on ``--seeds`` validation sets of ``--tasks``
 problems each, drawn from the config's task distribution with seeds ``eval_seed + i``; all
-networks see the same problems. ``--set`` overrides the config (e.g.
-``tasks.meta_loss="best"``), ``--rule`` an update-rule field of every network's own config
-(e.g. ``monotone=false``, see ``optimus.nets.with_config``). The 128-problem validation of
+networks see the same problems. Each network runs with its own architecture and update
+rule (the ``config`` of its model card replaces the config file's ``[model]`` section);
+``--set`` overrides the config after that, for every network (e.g.
+``tasks.meta_loss="best"`` or ``model.accept_window=10``; only update-rule fields of
+``[model]`` can differ from the weights'). The 128-problem validation of
 a training run moves by about 0.05–0.1 between checkpoints and between machines (the unrolls
 are chaotic), so compare weights here, on one machine and one larger set, rather than by the
 numbers in their logs.
@@ -32,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="", help="also write a Markdown table here")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--rule", action="append", default=[], metavar="FIELD=VALUE")
     args = p.parse_args(argv)
 
     import dataclasses
@@ -43,28 +44,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from optimus.meta.tasks import make_task
     from optimus.meta.train import Trainer, load_config
-    from optimus.nets import with_config
     from optimus.pretrained import available, load_pretrained
     from optimus.serialization import load_params
 
     t0 = time.time()
     base = load_config(args.config, args.set)
-    rule = {k: json.loads(v) for k, v in (r.split("=", 1) for r in args.rule)}
-    trainers = [
-        Trainer(
-            load_config(
-                args.config, [*args.set, f"run.eval_tasks={args.tasks}", f"run.eval_seed={s}"]
-            )
-        )
-        for s in range(base.run.eval_seed, base.run.eval_seed + args.seeds)
-    ]
+    seeds = range(base.run.eval_seed, base.run.eval_seed + args.seeds)
     rows = []
     for w in args.weights:
         net = load_pretrained(w) if w in available() else load_params(w)[0]
-        if rule:
-            net = with_config(net, dataclasses.replace(net.config, **rule))
-        _, theta = make_task(net, base.tasks, ())
-        vals = [float(jax.block_until_ready(t.validate(theta))) for t in trainers]
+        own = [f"model.{k}={json.dumps(v)}" for k, v in dataclasses.asdict(net.config).items()]
+        vals = []
+        for s in seeds:
+            cfg = load_config(
+                args.config,
+                [*own, *args.set, f"run.eval_tasks={args.tasks}", f"run.eval_seed={s}"],
+            )
+            trainer = Trainer(cfg)
+            _, theta = make_task(net, cfg.tasks, ())
+            if theta.shape != trainer.theta0.shape:
+                raise SystemExit(f"{w}: its parameters do not fit the config's network")
+            vals.append(float(jax.block_until_ready(trainer.validate(theta))))
         rows.append((w, vals))
         print(f"{w}: mean {np.mean(vals):+.4f}  per set {', '.join(f'{v:+.4f}' for v in vals)}")
     if args.out:
@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
             f"problems from `{args.config}`'s task distribution, on {jax.devices()[0].device_kind}"
             f" ({jax.default_backend()}); `scripts/validate_weights.py`, {time.time() - t0:.0f} s"
             + "".join(f", `--set {o}`" for o in args.set)
-            + "".join(f", `--rule {r}`" for r in args.rule)
             + ".",
             "",
             "| weights | mean | per set |",

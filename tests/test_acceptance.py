@@ -109,6 +109,36 @@ def test_interpolating_backtrack_lands_on_the_line_minimum_of_a_quadratic():
     )
 
 
+def test_nonmonotone_window_accepts_against_the_recent_worst():
+    """``window = M``: a trial point is accepted iff its value is at most the largest of the
+    last M accepted values; an uphill step can be accepted, and M = 1 is the monotone rule
+    (same trajectory as the default)."""
+
+    def f(x):  # GD with lr 0.11 on curvature 19 overshoots slightly (|1 - 2.09| = 1.09 > 1)
+        return jnp.sum(jnp.array([0.5, 9.5]) * x**2)
+
+    x0 = jnp.array([1.0, 1.0])
+    _, fs, states = drive(gd_update(0.11), accept_init(gd_init(x0), window=4), f, 30)
+    accepted = [fs[0]]
+    uphill = 0
+    for i in range(1, len(fs)):
+        was_accepted = int(states[i].n_reject) == int(states[i - 1].n_reject)
+        if i >= WARMUP:
+            assert was_accepted == (fs[i] <= max(accepted[-4:]))
+        if was_accepted:
+            uphill += fs[i] > accepted[-1]
+            accepted.append(fs[i])
+            assert float(states[i].f_best) == fs[i]  # x_b is the last accepted point
+    assert uphill > 0
+    _, fs1, st1 = drive(gd_update(0.11), accept_init(gd_init(x0), window=1), f, 30)
+    _, fs0, st0 = drive(gd_update(0.11), accept_init(gd_init(x0)), f, 30)
+    assert fs1 == fs0 and int(st1[-1].n_reject) > int(states[-1].n_reject)
+    with pytest.raises(ValueError, match="window"):
+        accept_init(gd_init(x0), window=0)
+    with pytest.raises(ValueError, match="accept_window"):
+        NetConfig(accept_window=0)
+
+
 def test_a_descent_run_is_never_rejected_and_equals_the_inner_optimizer():
     def f(x):
         return jnp.sum((x - 0.3) ** 2)

@@ -455,7 +455,7 @@ class Trainer:
 
 # NetConfig fields that change how the network's outputs are used, not its parameters: a
 # fine-tune may start from weights trained with other values of these
-RULE_FIELDS = ("monotone", "step_memory", "backtrack", "step_scale")
+RULE_FIELDS = ("monotone", "step_memory", "backtrack", "step_scale", "accept_window")
 
 
 def initial_net(source: str, like, log_step: float | None = None, gate_logit: float | None = None):

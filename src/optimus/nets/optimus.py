@@ -77,6 +77,9 @@ class NetConfig:
     # with monotone: how a rejected trial point is pulled back to the best point, "halve"
     # (beta = 1/2) or "interp" (minimiser of the quadratic through f_b, g_b'p and f)
     backtrack: str = "halve"
+    # with monotone: judge a trial point against the largest of the last accept_window
+    # accepted values (1: the last one, a monotone rule; > 1: non-monotone acceptance)
+    accept_window: int = 1
     # token mixing of the encoder (optimus.nets.encoder): "full" self-attention, O(n^2), or
     # "induced" attention through num_inducing learned tokens, O(n)
     attention: str = "full"
@@ -102,6 +105,8 @@ class NetConfig:
             raise ValueError(f"unknown secant {self.secant!r}; expected 'lbfgs' or 'bfgs'")
         if self.step_scale not in ("bb", "box"):
             raise ValueError(f"unknown step_scale {self.step_scale!r}; expected 'bb' or 'box'")
+        if self.accept_window < 1:
+            raise ValueError(f"NetConfig.accept_window must be >= 1, got {self.accept_window}")
         if self.num_inducing < 1:
             raise ValueError(f"NetConfig.num_inducing must be >= 1, got {self.num_inducing}")
         for name in ("width", "num_heads", "mlp_ratio", "hidden"):

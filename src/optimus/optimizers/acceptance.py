@@ -6,7 +6,8 @@ step can overshoot into a region with a much larger objective, and the optimizer
 loses many evaluations climbing back. This layer adds the classical remedy while leaving
 the step itself to the network.
 
-Let :math:`x_b` be the best *accepted* point and :math:`f_b = f(x_b)`. After evaluating a
+Let :math:`x_b` be the last *accepted* point (the best one under this monotone rule) and
+:math:`f_b = f(x_b)`. After evaluating a
 trial point :math:`x` with value :math:`f` and gradient :math:`g`:
 
 * **accept** when :math:`f` and :math:`g` are finite and :math:`f \le f_b`, or during the
@@ -49,9 +50,21 @@ model. Measured with the shipped weights switched to it (``scripts/experiment_ac
 final loss 4.35 vs 4.12, rejections 31 vs 39 of 50) nor on the test functions (mean log10
 −5.41 vs −5.87); a network meta-trained with it has not been tried.
 
+**Non-monotone acceptance** (optional, ``window=M > 1``; ``NetConfig.accept_window``; the
+rule of Grippo, Lampariello & Lucidi, 1986). The trial point is judged against the largest
+of the last :math:`M` accepted values instead of the last one,
+
+.. math:: \text{accept} \iff f \le \max_{0 \le j < M} f_{k-j},
+
+so an accepted step may go uphill as long as it stays below the recent worst; :math:`x_b`
+is then the last accepted point (not necessarily the best), and backtracking pulls back to
+it as above. ``window = 1`` is the monotone rule exactly. The best point seen is what
+:func:`optimus.minimize` returns either way.
+
 Every evaluation, accepted or not, costs one evaluation of the budget, so comparisons at
 equal numbers of evaluations stay fair. The objective values of the accepted points never
-increase after the warm-up. ``n_reject`` counts the rejected trial points.
+increase after the warm-up (with ``window = 1``). ``n_reject`` counts the rejected trial
+points.
 
 The layer is part of a learned optimizer's definition (``NetConfig.monotone``): a network
 meta-trained with it is run with it, since it learns to propose steps for this rule.
@@ -76,11 +89,12 @@ class AcceptState(eqx.Module):
     """State of the acceptance layer: the inner optimizer's state plus the best point."""
 
     inner: Any  # state of the wrapped optimizer (its ``x`` is the next trial point)
-    x_best: jax.Array
-    f_best: jax.Array
+    x_best: jax.Array  # last accepted point (the best one with window = 1)
+    f_best: jax.Array  # its value
     g_best: jax.Array  # gradient at x_best (interpolating backtracking)
     n_reject: jax.Array
     trust: jax.Array  # step-memory factor c in (0, 1]; stays 1 without memory
+    f_window: jax.Array  # (M,) last M accepted values, newest first (-inf: none yet)
 
     @property
     def x(self) -> jax.Array:
@@ -107,8 +121,12 @@ class AcceptState(eqx.Module):
         return getattr(self.inner, "B", None)
 
 
-def accept_init(inner: Any) -> AcceptState:
-    """Wrap the initial state of the inner optimizer (whose ``x`` is the starting point)."""
+def accept_init(inner: Any, window: int = 1) -> AcceptState:
+    """Wrap the initial state of the inner optimizer (whose ``x`` is the starting point);
+    ``window``: the number of accepted values a trial point is judged against (module
+    docstring; 1 = monotone)."""
+    if int(window) < 1:
+        raise ValueError(f"acceptance window must be >= 1, got {window}")
     x = inner.x
     return AcceptState(
         inner=inner,
@@ -117,6 +135,7 @@ def accept_init(inner: Any) -> AcceptState:
         g_best=jnp.zeros_like(x),
         n_reject=jnp.zeros((), jnp.int32),
         trust=jnp.ones((), x.dtype),
+        f_window=jnp.full((int(window),), -jnp.inf, x.dtype),
     )
 
 
@@ -142,7 +161,7 @@ def accept_update(
     value = jnp.asarray(value, dtype)
     finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
     t = state.inner.t if steps_taken is None else steps_taken
-    accept = finite & ((value <= state.f_best) | (t < WARMUP))
+    accept = finite & ((value <= jnp.max(state.f_window)) | (t < WARMUP))
     # The inner update runs on sanitised inputs either way (its result is discarded on
     # rejection), so that no NaN is ever computed inside a jitted or differentiated loop.
     safe_value = jnp.where(finite, value, 0).astype(dtype)
@@ -172,4 +191,7 @@ def accept_update(
         g_best=jnp.where(accept, safe_grad.astype(dtype), state.g_best),
         n_reject=state.n_reject + (~accept).astype(jnp.int32),
         trust=trust,
+        f_window=jnp.where(
+            accept, jnp.roll(state.f_window, 1).at[0].set(value), state.f_window
+        ).astype(dtype),
     )

@@ -213,7 +213,9 @@ def model_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedStat
     step-acceptance layer (:mod:`optimus.optimizers.acceptance`) when
     ``net.config.monotone``, the bare :class:`LearnedState` otherwise."""
     inner = learned_init(net, x0, mask)
-    return accept_init(inner) if getattr(net.config, "monotone", False) else inner
+    if not getattr(net.config, "monotone", False):
+        return inner
+    return accept_init(inner, getattr(net.config, "accept_window", 1))
 
 
 def model_update(net, state: LearnedState | AcceptState, value: jax.Array, grad: jax.Array):

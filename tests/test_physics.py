@@ -305,6 +305,32 @@ def test_params_dir_replaces_the_weights_of_named_learned_methods(tmp_path):
         bench.load_weights({"methods": ["optimus"], "params_dir": str(tmp_path / "nope")})
 
 
+def test_goal_check_needs_both_speed_and_mpjpe_on_every_split():
+    from optimus.physics import bench
+
+    def m(reach_t, mm_t, reach_m, mm_m):
+        split = {
+            "test": dict(median_evals_to_reach=reach_t, median_mpjpe_mm=mm_t),
+            "test_mismatch": dict(median_evals_to_reach=reach_m, median_mpjpe_mm=mm_m),
+        }
+        return {"by_split": split}
+
+    summary = {
+        "eps": 0.05,
+        "methods": {
+            "optimus-humanoid": m(8, 40.0, 12, 50.0),
+            "mlp": m(3, 60.0, float("inf"), 40.0),
+            "adam": m(18, 45.0, 18, 55.0),
+            "bfgs": m(float("inf"), 42.0, float("inf"), 49.0),
+        },
+    }
+    lines = [x for x in bench._goal_lines(summary) if x.startswith("- ")]
+    assert lines[0].startswith("- optimus-humanoid: test: met (8 evals, 40.0 mm vs best")
+    assert "test_mismatch: not met (12 evals, 50.0 mm vs best baseline 49.0 mm)" in lines[0]
+    assert lines[1].startswith("- mlp: test: not met (3 evals, 60.0 mm vs best baseline 42.0")
+    assert len(lines) == 2  # baselines are not judged
+
+
 def test_pa_mpjpe_of_a_diverged_frame_is_nan():
     gt = np.random.default_rng(0).normal(size=(2, M.N_KEYPOINTS, 3))
     pred = gt.copy()

@@ -308,12 +308,14 @@ def summarize(results: dict, settings: dict, gt_losses: dict) -> dict[str, Any]:
     summary: dict[str, Any] = {"settings": settings, "methods": {}}
     # evaluations to reach (1+eps) x best baseline's final loss, on first windows
     reach: dict[str, list[float]] = {m: [] for m in methods}
+    reach_keys: list[str] = []
     for key in results[methods[0]]:
         if not base:
             break
         target = (1 + EPS) * min(
             _finite_or_inf(results[b][key]["windows"][0]["final"]) for b in base
         )
+        reach_keys.append(key)
         for m in methods:
             reach[m].append(_evals_to_reach(results[m][key]["windows"][0]["losses"], target))
     for m in methods:
@@ -329,7 +331,10 @@ def summarize(results: dict, settings: dict, gt_losses: dict) -> dict[str, Any]:
         for split in ("test", "test_mismatch"):
             cs = [c for key, c in results[m].items() if key.startswith(split + "[")]
             if cs:
+                rs = [v for k, v in zip(reach_keys, reach[m], strict=True) if k.startswith(split)]
                 by_split[split] = dict(
+                    median_evals_to_reach=float(np.median(rs)) if rs else float("nan"),
+                    reached_fraction=float(np.mean(np.isfinite(rs))) if rs else float("nan"),
                     median_mpjpe_mm=float(np.median([c["mpjpe"] for c in cs])),
                     median_pa_mpjpe_mm=float(np.median([c["pa_mpjpe"] for c in cs])),
                     median_final_loss=float(
@@ -365,6 +370,40 @@ def summarize(results: dict, settings: dict, gt_losses: dict) -> dict[str, Any]:
     summary["eps"] = EPS
     summary["fail_mm"] = FAIL_MM
     return summary
+
+
+GOAL_EVALS = 10  # issue goal: the best baseline's loss within 10 evaluations (a 5x saving)
+
+
+def _goal_lines(summary: dict) -> list[str]:
+    """The issue's goal, per learned method and split: the median first window reaches
+    (1+eps) x the best baseline's final loss within ``GOAL_EVALS`` evaluations, and the median
+    clip MPJPE is no worse than the best baseline's."""
+    methods = summary["methods"]
+    base = [m for m in BASELINES if m in methods]
+    learned = [m for m in methods if m not in BASELINES]
+    if not base or not learned:
+        return []
+    lines = [
+        "",
+        f"Goal (median first window within {GOAL_EVALS} evaluations of (1+{summary['eps']})x "
+        "the best baseline's final loss, and median clip MPJPE no worse than the best "
+        "baseline's):",
+        "",
+    ]
+    for m in learned:
+        parts = []
+        for sp, v in methods[m]["by_split"].items():
+            best_mm = min(methods[b]["by_split"][sp]["median_mpjpe_mm"] for b in base)
+            fast = v.get("median_evals_to_reach", float("inf")) <= GOAL_EVALS
+            good = v["median_mpjpe_mm"] <= best_mm
+            verdict = "met" if fast and good else "not met"
+            parts.append(
+                f"{sp}: {verdict} ({v.get('median_evals_to_reach', float('nan')):.0f} evals, "
+                f"{v['median_mpjpe_mm']:.1f} mm vs best baseline {best_mm:.1f} mm)"
+            )
+        lines.append(f"- {m}: " + "; ".join(parts))
+    return lines
 
 
 def write_report(out: Path, summary: dict, timing: dict) -> None:
@@ -416,14 +455,21 @@ def write_report(out: Path, summary: dict, timing: dict) -> None:
             f"{r['mean_fallback_steps_per_window']:.1f}; {r['statuses']}; "
             f"moved {r['median_first_window_move_rad']:.1e}"
         )
-    lines += ["", "Per split (median clip MPJPE mm / PA-MPJPE mm / window final loss):", ""]
+    lines += [
+        "",
+        "Per split (median clip MPJPE mm / PA-MPJPE mm / window final loss / evaluations to "
+        f"(1+{summary['eps']})x the best baseline on first windows, reached fraction):",
+        "",
+    ]
     for m, r in summary["methods"].items():
         parts = [
             f"{sp}: {v['median_mpjpe_mm']:.1f} / {v['median_pa_mpjpe_mm']:.1f} / "
-            f"{v['median_final_loss']:.3f}"
+            f"{v['median_final_loss']:.3f} / {v.get('median_evals_to_reach', float('nan')):.0f}"
+            f", {v.get('reached_fraction', float('nan')):.2f}"
             for sp, v in r["by_split"].items()
         ]
         lines.append(f"- {m}: " + "; ".join(parts))
+    lines += _goal_lines(summary)
     lines += [
         "",
         f"Timing: {json.dumps(timing)}",

@@ -295,10 +295,25 @@ def test_params_dir_replaces_the_weights_of_named_learned_methods(tmp_path):
     net = optimus.load_pretrained("mlp")
     optimus.save_params(tmp_path / "optimus-humanoid.npz", optimus.load_pretrained("optimus"))
     optimus.save_params(tmp_path / "optimus.npz", net)  # an mlp cannot run as 'optimus'
-    settings = {"methods": ["optimus-humanoid", "mlp", "adam"], "params_dir": str(tmp_path)}
-    nets, source = bench.load_weights(settings)
-    assert set(nets) == {"optimus-humanoid"}
-    assert source == {"optimus-humanoid": str(tmp_path / "optimus-humanoid.npz"), "mlp": "shipped"}
+    optimus.save_params(tmp_path / "my-variant.npz", optimus.load_pretrained("optimus-noprecond"))
+    settings = {
+        "methods": ["optimus-humanoid", "mlp", "adam", "my-variant"],
+        "params_dir": str(tmp_path),
+    }
+    nets, source, runs_as = bench.load_weights(settings)
+    assert set(nets) == {"optimus-humanoid", "my-variant"}
+    assert source == {
+        "optimus-humanoid": str(tmp_path / "optimus-humanoid.npz"),
+        "mlp": "shipped",
+        "my-variant": str(tmp_path / "my-variant.npz"),
+    }
+    assert runs_as == {
+        "optimus-humanoid": "optimus",
+        "mlp": "mlp",
+        "my-variant": "optimus-noprecond",
+    }
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        bench.load_weights({"methods": ["nope"], "params_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="cannot use .*optimus.npz for method 'optimus'"):
         bench.load_weights({"methods": ["optimus"], "params_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="not a folder"):

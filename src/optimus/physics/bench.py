@@ -88,33 +88,49 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def load_weights(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def load_weights(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], dict]:
     """Networks of the learned methods: ``DIR/<method>.npz`` from ``--params-dir`` where it
-    exists, else the shipped weights (``None`` here: :func:`solve_window` loads them). Returns
-    the networks and, per learned method, where its weights come from."""
+    exists, else the shipped weights (``None`` here: :func:`solve_window` loads them). A name
+    that is no method (e.g. ``optimus-humanoid-w10``) is allowed when ``DIR/<name>.npz``
+    exists: it runs with the learned method its network belongs to. Returns the networks,
+    per learned method where its weights come from, and the method each name runs as."""
     from optimus import load_params
     from optimus.optimizers import LEARNED_METHODS, check_learned_params
 
     nets: dict[str, Any] = {}
     source: dict[str, str] = {}
+    runs_as: dict[str, str] = {}
     d = settings.get("params_dir")
     if d is not None and not Path(d).is_dir():
         raise ValueError(f"--params-dir {d} is not a folder")
+    known = (*METHODS, *TASK_MODELS)
     for m in settings["methods"]:
-        runs_as = TASK_MODELS.get(m, m)
-        if runs_as not in LEARNED_METHODS:
-            continue
         path = None if d is None else Path(d) / f"{m}.npz"
+        if m not in known and (path is None or not path.is_file()):
+            where = f" and there is no {path}" if path is not None else ""
+            raise ValueError(f"unknown method {m!r}{where}; methods: {', '.join(known)}")
+        method = TASK_MODELS.get(m, m)
+        if method not in LEARNED_METHODS and m in known:
+            continue
         if path is not None and path.is_file():
             try:
-                nets[m] = load_params(path)[0]
-                check_learned_params(runs_as, nets[m])
-            except (OSError, ValueError, TypeError) as e:
+                net = load_params(path)[0]
+                if m not in known:
+                    cfg = net.config
+                    method = (
+                        "mlp"
+                        if cfg.kind == "mlp"
+                        else ("optimus" if cfg.precondition else "optimus-noprecond")
+                    )
+                check_learned_params(method, net)
+            except (OSError, ValueError, TypeError, AttributeError) as e:
                 raise ValueError(f"cannot use {path} for method {m!r}: {e}") from None
+            nets[m] = net
             source[m] = str(path)
         else:
             source[m] = "shipped"
-    return nets, source
+        runs_as[m] = method
+    return nets, source, runs_as
 
 
 class _Recorder:
@@ -507,7 +523,7 @@ def main(args: argparse.Namespace) -> int:
     from optimus.physics import motion as MO
 
     settings = _settings(args)
-    nets, settings["weights"] = load_weights(settings)
+    nets, settings["weights"], runs_as = load_weights(settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -535,8 +551,11 @@ def main(args: argparse.Namespace) -> int:
             key = f"{split}[{i}]"
             gt_losses[key] = gt_window_losses(clip, settings["windows"])
             for m in settings["methods"]:
+                # a name with its own weights runs as its method; others as themselves
+                # (solve_window loads a task model's shipped weights)
+                method = runs_as[m] if m in nets else m
                 res = reconstruct_clip(
-                    clip, m, settings, i, lr if m == "adam" else None, nets.get(m)
+                    clip, method, settings, i, lr if m == "adam" else None, nets.get(m)
                 )
                 results[m][key] = res
                 log(

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Write a model's weights under variants of its update rule, for ``--params-dir``.
+
+    .venv/bin/python scripts/rule_variants.py optimus-humanoid --out runs/variants/all \\
+        --variant w10:accept_window=10 --variant nonmono:monotone=false
+
+Each ``--variant SUFFIX:FIELD=VALUE[,FIELD=VALUE...]`` writes ``OUT/<model>-<SUFFIX>.npz``
+(+ model card): the same meta-parameters with those update-rule fields of the network config
+changed (``optimus.nets.with_config``; only fields of ``optimus.meta.train.RULE_FIELDS``, so
+the parameters keep their meaning). ``optimus bench physics --params-dir OUT --methods
+<model>-<SUFFIX>,...`` and ``optimus bench --params-dir`` then run them beside the shipped
+model. The card records the source model and the change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="shipped model name or .npz file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--variant", action="append", required=True, metavar="SUFFIX:FIELD=VALUE,...")
+    args = p.parse_args(argv)
+
+    import optimus
+    from optimus.meta.train import RULE_FIELDS
+    from optimus.nets import with_config
+
+    shipped = args.model in optimus.pretrained.available()
+    net = optimus.load_pretrained(args.model) if shipped else optimus.load_params(args.model)[0]
+    stem = args.model if shipped else Path(args.model).stem
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in args.variant:
+        suffix, _, changes = spec.partition(":")
+        fields = {}
+        for item in filter(None, changes.split(",")):
+            key, _, value = item.partition("=")
+            if key not in RULE_FIELDS:
+                raise SystemExit(f"{key!r} is not an update-rule field ({', '.join(RULE_FIELDS)})")
+            fields[key] = (
+                json.loads(value) if value not in ("halve", "interp", "bb", "box") else value
+            )
+        variant = with_config(net, dataclasses.replace(net.config, **fields))
+        path = optimus.save_params(
+            out / f"{stem}-{suffix}.npz",
+            variant,
+            name=f"{stem}-{suffix}",
+            source=args.model,
+            rule_change=fields,
+        )
+        print(f"wrote {path}: {fields}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

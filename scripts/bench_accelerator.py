@@ -158,6 +158,19 @@ def stage_train(args, report: dict, out: Path) -> None:
         )
 
 
+def _section(title: str, intro: list[str], header: list[str], rows: list[str]) -> list[str]:
+    """A Markdown section: title, intro lines, and a table of pre-joined rows."""
+    return [
+        f"## {title}",
+        "",
+        *intro,
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *(f"| {r} |" for r in rows),
+        "",
+    ]
+
+
 def write_report(report: dict, out: Path) -> None:
     (out / "accelerator.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     L = [
@@ -168,36 +181,33 @@ def write_report(report: dict, out: Path) -> None:
         "",
     ]
     if report.get("throughput"):
-        L += [
-            "## Throughput of the PES outer step",
-            "",
-            "| pairs × truncation | outer steps/s | inner task-steps/s | compile (s) |",
-            "|---|---|---|---|",
-        ]
-        L += [
-            f"| {r['pairs']} × {r['truncation']} | {r['outer_steps_per_s']:.2f} | "
-            f"{r['inner_steps_per_s']:.0f} | {r['compile_s']:.0f} |"
-            for r in report["throughput"]
-        ]
-        L.append("")
+        L += _section(
+            "Throughput of the PES outer step",
+            [],
+            ["pairs × truncation", "outer steps/s", "inner task-steps/s", "compile (s)"],
+            [
+                f"{r['pairs']} × {r['truncation']} | {r['outer_steps_per_s']:.2f} | "
+                f"{r['inner_steps_per_s']:.0f} | {r['compile_s']:.0f}"
+                for r in report["throughput"]
+            ],
+        )
     if report.get("signal"):
-        L += [
-            "## Signal in one ES estimate (full 100-step unrolls, shipped `optimus` weights)",
-            "",
-            "Statistics as in `bench_results/pes_snr.md` (signal fraction = ||g||² / E||ĝ||², "
-            "1 = noise-free).",
-            "",
-            "| parameters | count | pairs | estimates | s per estimate | mean cosine | "
-            "signal fraction | pairs for 1/2 |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        L += [
-            f"| {r['params']} | {r['count']} | {r['pairs']} | {r['estimates']} | "
-            f"{r['seconds_per_estimate']:.2f} | {r['cos']:+.3f} | {r['frac']:.3f} | "
-            f"{r['pairs_for_half']:.3g} |"
-            for r in report["signal"]
-        ]
-        L.append("")
+        L += _section(
+            "Signal in one ES estimate (full 100-step unrolls, shipped `optimus` weights)",
+            [
+                "Statistics as in `bench_results/pes_snr.md` (signal fraction = "
+                "||g||² / E||ĝ||², 1 = noise-free).",
+                "",
+            ],
+            ["parameters", "count", "pairs", "estimates", "s per estimate", "mean cosine"]
+            + ["signal fraction", "pairs for 1/2"],
+            [
+                f"{r['params']} | {r['count']} | {r['pairs']} | {r['estimates']} | "
+                f"{r['seconds_per_estimate']:.2f} | {r['cos']:+.3f} | {r['frac']:.3f} | "
+                f"{r['pairs_for_half']:.3g}"
+                for r in report["signal"]
+            ],
+        )
     if report.get("train"):
         L += [
             "## PES meta-training runs (validation meta-loss, lower is better)",

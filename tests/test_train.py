@@ -351,3 +351,13 @@ def test_tbptt_estimator_trains_and_resumes(tmp_path, tiny_config):
         train(load_config(tiny_config, ["outer.steps=1"]), tmp_path / "s", progress=False)
     )
     assert any(not np.array_equal(a[k], start[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).resolve().parents[1].glob("configs/*.toml")), ids=lambda p: p.name
+)
+def test_every_committed_config_parses(path):
+    """Each config in configs/ is valid: known sections and fields, types, value checks."""
+    cfg = load_config(str(path))
+    assert cfg.name == path.stem
+    assert cfg.outer.steps >= 1 and cfg.estimator.num_pairs >= 1

@@ -320,6 +320,40 @@ def test_params_dir_replaces_the_weights_of_named_learned_methods(tmp_path):
         bench.load_weights({"methods": ["optimus"], "params_dir": str(tmp_path / "nope")})
 
 
+def test_summary_reach_is_per_split():
+    """Evaluations to reach the best baseline, per split: the 'test' split's windows only
+    (its name is a prefix of 'test_mismatch')."""
+    from optimus.physics import bench
+
+    def clip(losses):
+        w = dict(
+            final=losses[-1],
+            losses=np.asarray(losses, float),
+            wall=1.0,
+            nfev=4,
+            mpjpe_hist=[10.0],
+            n_rejected=0,
+            n_fallback=0,
+            move=0.1,
+            status="MAX_EVALS",
+        )
+        return dict(windows=[w], mpjpe=10.0, root_mpjpe=9.0, pa_mpjpe=8.0, diverged=False)
+
+    keys = ["test[0]", "test[1]", "test_mismatch[0]", "test_mismatch[1]"]
+    # learned: reaches adam's final loss after 1 evaluation on test, never on mismatch
+    learned = {
+        k: clip([1.0, 1.0, 1.0, 1.0] if k.startswith("test[") else [9, 9, 9, 9.0]) for k in keys
+    }
+    adam = {k: clip([5.0, 4.0, 3.0, 1.0]) for k in keys}
+    settings = {"methods": ["optimus-humanoid", "adam"]}
+    summary = bench.summarize({"optimus-humanoid": learned, "adam": adam}, settings, {"a": [1.0]})
+    by = summary["methods"]["optimus-humanoid"]["by_split"]
+    assert by["test"]["median_evals_to_reach"] == 1 and by["test"]["reached_fraction"] == 1
+    assert by["test_mismatch"]["median_evals_to_reach"] == np.inf
+    assert by["test_mismatch"]["reached_fraction"] == 0
+    assert summary["methods"]["adam"]["by_split"]["test"]["median_evals_to_reach"] == 4
+
+
 def test_goal_check_needs_both_speed_and_mpjpe_on_every_split():
     from optimus.physics import bench
 

@@ -347,7 +347,11 @@ def summarize(results: dict, settings: dict, gt_losses: dict) -> dict[str, Any]:
         for split in ("test", "test_mismatch"):
             cs = [c for key, c in results[m].items() if key.startswith(split + "[")]
             if cs:
-                rs = [v for k, v in zip(reach_keys, reach[m], strict=True) if k.startswith(split)]
+                rs = [
+                    v
+                    for k, v in zip(reach_keys, reach[m], strict=True)
+                    if k.startswith(split + "[")  # "test" must not match "test_mismatch[i]"
+                ]
                 by_split[split] = dict(
                     median_evals_to_reach=float(np.median(rs)) if rs else float("nan"),
                     reached_fraction=float(np.mean(np.isfinite(rs))) if rs else float("nan"),

@@ -319,9 +319,15 @@ def test_lost_process_leaves_a_resumable_checkpoint(tmp_path, mini, cache):
     rc, text = _finish(p0, log0, timeout=120)  # the survivor stops, it does not hang
     assert rc != 0 and time.time() - t_kill < 120
     # usually our message (the failed collective is seen first); if JAX's coordination
-    # service notices the lost process first, it ends the survivor with its own message
-    assert ("another process was lost" in text and "--resume" in text) or (
-        "another task died" in text and "restarted with --resume" in text
+    # service notices the lost process first, it ends the survivor with its own message; on a
+    # loaded machine the CPU collectives library (gloo) can instead read the dead peer's
+    # half-sent message and abort the survivor from C++ (seen once in four runs under load), which
+    # no Python handler can intercept: the survivor still stops and the checkpoint is checked
+    # below either way
+    assert (
+        ("another process was lost" in text and "--resume" in text)
+        or ("another task died" in text and "restarted with --resume" in text)
+        or ("gloo::EnforceNotMet" in text and "collective mismatch" in text)
     ), text[-3000:]
 
     from optimus.meta import checkpoint as ckpt

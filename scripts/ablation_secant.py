@@ -15,7 +15,10 @@ comes from:
   ``tau = s^T y / y^T H y`` before every update (``scaling="ol"``);
 * ``bfgs-up``: scaled up only, ``tau = max(1, s^T y / y^T H y)`` (``scaling="up"``);
 * ``bfgs``: the asymmetric scaling of ``optimus.nets.features.bfgs_inverse_update`` (the
-  shipped ``optimus`` model): up as ``bfgs-up``, down only when ``s^T y / y^T H y < 0.01``.
+  shipped ``optimus`` model): up as ``bfgs-up``, down only when ``s^T y / y^T H y < 0.01``;
+* ``bfgs-rescale``: unlimited-memory BFGS whose initial matrix ``gamma_k I`` is rescaled at
+  every step as L-BFGS does, ``H = A + gamma_k C`` (``NetConfig.bfgs_h0 = "rescale"``,
+  ``optimus.nets.features.bfgs_rescaled_update``).
 
 The three alternatives are ``scaling`` options of ``bfgs_inverse_update`` that no network
 uses; the script swaps them in for the duration of a variant.
@@ -34,7 +37,7 @@ from pathlib import Path
 
 # every test function except Perm (it overflows float32 beyond n ~ 16)
 EXCLUDED = ("perm",)
-VARIANTS = ("lbfgs", "bfgs-unscaled", "bfgs-ol", "bfgs-up", "bfgs")
+VARIANTS = ("lbfgs", "bfgs-unscaled", "bfgs-ol", "bfgs-up", "bfgs", "bfgs-rescale")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for variant in VARIANTS:
         secant = "lbfgs" if variant == "lbfgs" else "bfgs"
-        cfg = NetConfig(monotone=True, attention="induced", secant=secant)
+        h0 = "rescale" if variant == "bfgs-rescale" else "selfscale"
+        cfg = NetConfig(monotone=True, attention="induced", secant=secant, bfgs_h0=h0)
         net = build_net(cfg, jax.random.key(0))
         scaling = {"bfgs-unscaled": "none", "bfgs-ol": "ol", "bfgs-up": "up"}.get(variant)
         F.bfgs_inverse_update = (

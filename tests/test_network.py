@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import optimus
 from optimus.nets import NetConfig, build_net, with_config
 from optimus.nets import features as F
 from optimus.nets.optimus import precondition_update
@@ -274,6 +275,60 @@ def test_dense_bfgs_network_solves_an_ill_conditioned_quadratic_like_bfgs():
     assert finals["optimus-induced-bfgs"] < 1e-3 * finals["optimus-induced-noprecond"]
 
 
+def test_rescaled_bfgs_is_bfgs_from_the_latest_gamma_times_identity():
+    """H = A + gamma C equals the textbook product form started from H0 = gamma_k I with the
+    latest pair's gamma_k, satisfies the secant equation and stays symmetric positive
+    definite; a pair without positive curvature is skipped."""
+    with jax.enable_x64(True):
+        n = 6
+        key = jax.random.key(21)
+        M = jax.random.normal(key, (n, n), jnp.float64)
+        M = M @ M.T + 0.1 * jnp.eye(n, dtype=jnp.float64)
+        h = F.bfgs_rescaled_init(n, jnp.float64)
+        np.testing.assert_array_equal(F.bfgs_rescaled_direction(h, jnp.ones(n)), 0)
+        pairs = []
+        for i in range(9):
+            s = jax.random.normal(jax.random.fold_in(key, i), (n,), jnp.float64)
+            y = M @ s
+            h = F.bfgs_rescaled_update(h, s, y)
+            pairs.append((np.asarray(s), np.asarray(y)))
+            gamma = float(s @ y / (y @ y))
+            H_ref = gamma * np.eye(n)
+            for sj, yj in pairs:
+                rho = 1.0 / (sj @ yj)
+                V = np.eye(n) - rho * np.outer(yj, sj)
+                H_ref = V.T @ H_ref @ V + rho * np.outer(sj, sj)
+            H = np.asarray(h.A + h.gamma * h.C)
+            np.testing.assert_allclose(H, H_ref, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(H @ np.asarray(y), np.asarray(s), rtol=1e-8, atol=1e-10)
+            np.testing.assert_array_equal(h.A, h.A.T)
+            np.testing.assert_array_equal(h.C, h.C.T)
+            assert np.linalg.eigvalsh(H).min() > 0
+            g = jax.random.normal(jax.random.fold_in(key, 100 + i), (n,), jnp.float64)
+            np.testing.assert_allclose(F.bfgs_rescaled_direction(h, g), H @ g, rtol=1e-10)
+        same = F.bfgs_rescaled_update(h, s, -s)  # s^T y < 0: skipped
+        for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(h), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_rescaled_bfgs_network_runs_and_solves_a_quadratic():
+    """secant="bfgs" with bfgs_h0="rescale" keeps the two-part state through the learned
+    step (and the acceptance layer) and, untrained, solves an ill-conditioned quadratic."""
+    n = 10
+    Q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(12), (n, n)))
+    A = Q @ jnp.diag(jnp.logspace(0, 3, n)) @ Q.T
+
+    def f(x):
+        return 0.5 * x @ A @ x
+
+    cfg = NetConfig(monotone=True, attention="induced", secant="bfgs", bfgs_h0="rescale")
+    net = build_net(cfg, jax.random.key(0))
+    x0 = jnp.ones(n)
+    res = optimus.minimize(f, x0, method="optimus", params=net, steps=60, gtol=0.0)
+    assert res.success or res.status.name == "MAX_STEPS"
+    assert float(res.fun) < 1e-8 * float(f(x0))
+
+
 def test_unknown_bfgs_scaling_is_refused():
     with pytest.raises(ValueError, match="unknown BFGS scaling"):
         F.bfgs_inverse_update(jnp.zeros((2, 2)), jnp.ones(2), jnp.ones(2), "sr1")
@@ -284,6 +339,7 @@ def test_unknown_bfgs_scaling_is_refused():
     [
         (dict(attention="linear"), "unknown attention"),
         (dict(secant="sr1"), "unknown secant"),
+        (dict(bfgs_h0="sr1"), "unknown bfgs_h0"),
         (dict(backtrack="cubic"), "unknown backtrack"),
         (dict(num_inducing=0), "num_inducing"),
         (dict(step_scale="adam"), "unknown step_scale"),

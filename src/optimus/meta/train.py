@@ -455,7 +455,14 @@ class Trainer:
 
 # NetConfig fields that change how the network's outputs are used, not its parameters: a
 # fine-tune may start from weights trained with other values of these
-RULE_FIELDS = ("monotone", "step_memory", "backtrack", "step_scale", "accept_window")
+RULE_FIELDS = (
+    "monotone",
+    "step_memory",
+    "backtrack",
+    "step_scale",
+    "accept_window",
+    "bfgs_h0",
+)
 
 
 def initial_net(source: str, like, log_step: float | None = None, gate_logit: float | None = None):

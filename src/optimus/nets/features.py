@@ -169,6 +169,66 @@ def bfgs_inverse_update(
     return jnp.where(keep, Hn, H)
 
 
+class RescaledBFGS(eqx.Module):
+    r"""Dense BFGS with the initial matrix rescaled at every step (``NetConfig.bfgs_h0 =
+    "rescale"``): :math:`H_k(\gamma) = A_k + \gamma\, C_k`, see
+    :func:`bfgs_rescaled_update`."""
+
+    A: jax.Array  # (N, N) the BFGS estimate built from H0 = 0
+    C: jax.Array  # (N, N) what H0 = I contributes, V_k^T ... V_1^T V_1 ... V_k
+    gamma: jax.Array  # () scale of the latest kept pair, s^T y / y^T y (0: no pair yet)
+
+
+def bfgs_rescaled_init(n: int, dtype) -> RescaledBFGS:
+    r"""No pair yet: :math:`A = 0`, :math:`C = I`, :math:`\gamma = 0`, so :math:`q = 0`."""
+    return RescaledBFGS(jnp.zeros((n, n), dtype), jnp.eye(n, dtype=dtype), jnp.zeros((), dtype))
+
+
+def bfgs_rescaled_update(h: RescaledBFGS, s: jax.Array, y: jax.Array) -> RescaledBFGS:
+    r"""Dense BFGS whose initial matrix :math:`H_0 = \gamma_k I` is rescaled at every step,
+    as L-BFGS does, but with unlimited memory (ours).
+
+    The BFGS recursion :math:`H_k = V_k^\top H_{k-1} V_k + \rho_k s_k s_k^\top`,
+    :math:`V_k = I - \rho_k y_k s_k^\top`, :math:`\rho_k = 1/s_k^\top y_k`, is linear in
+    :math:`H_0`, so :math:`H_k = A_k + \gamma C_k` with
+
+    .. math::
+        A_k = V_k^\top A_{k-1} V_k + \rho_k s_k s_k^\top,\quad A_0 = 0, \qquad
+        C_k = V_k^\top C_{k-1} V_k,\quad C_0 = I,
+
+    and :math:`\gamma` can be chosen after the fact: :math:`\gamma_k = s_k^\top y_k /
+    y_k^\top y_k` of the latest pair (Nocedal & Wright, eq. 7.20). :math:`A_k` carries the
+    curvature measured along the steps taken, :math:`\gamma_k C_k` fills the directions not
+    explored yet with the current curvature scale: the property the asymmetric
+    self-scaling of :func:`bfgs_inverse_update` approximates by rescaling all of
+    :math:`H`, which also rescales what was measured. Each update is two rank-two
+    corrections, :math:`O(n^2)`, written in the symmetric form of
+    :func:`bfgs_inverse_update`. A pair with :math:`s^\top y \le 10^{-10}\|s\|\|y\|` is
+    skipped.
+    """
+    sy = jnp.vdot(s, y)
+    yy = jnp.vdot(y, y)
+    keep = sy > 1e-10 * jnp.sqrt(jnp.vdot(s, s) * yy)
+    rho = 1.0 / jnp.where(keep, sy, 1.0)
+
+    def sandwich(M):  # V^T M V
+        v = M @ y
+        c = rho * rho * jnp.vdot(y, v)
+        return M - rho * (jnp.outer(v, s) + jnp.outer(s, v)) + c * jnp.outer(s, s)
+
+    A = sandwich(h.A) + rho * jnp.outer(s, s)
+    C = sandwich(h.C)
+    gamma = sy / jnp.where(keep, yy, 1.0)
+    return RescaledBFGS(
+        jnp.where(keep, A, h.A), jnp.where(keep, C, h.C), jnp.where(keep, gamma, h.gamma)
+    )
+
+
+def bfgs_rescaled_direction(h: RescaledBFGS, g: jax.Array) -> jax.Array:
+    r""":math:`q = (A + \gamma C)\, g` without forming the sum."""
+    return h.A @ g + h.gamma * (h.C @ g)
+
+
 def masked_mean(a: jax.Array, mask: jax.Array, axis: int = 0) -> jax.Array:
     """Mean over the valid coordinates (``mask`` True) along ``axis`` 0."""
     w = mask.astype(a.dtype)

@@ -88,6 +88,12 @@ class NetConfig:
     # "lbfgs" - two-loop recursion over the last features.LBFGS_MEMORY secant pairs, O(n);
     # "bfgs" - a dense BFGS inverse-Hessian estimate H kept in the state, O(n^2)
     secant: str = "lbfgs"
+    # with secant = "bfgs": the initial matrix of the dense estimate. "selfscale" - gamma_1 I
+    # from the first pair, then all of H rescaled by the asymmetric self-scaling of
+    # features.bfgs_inverse_update; "rescale" - H = A + gamma_k C with gamma_k of the latest
+    # pair, as L-BFGS rescales H0 at every step, with unlimited memory
+    # (features.bfgs_rescaled_update; twice the O(n^2) memory and update cost)
+    bfgs_h0: str = "selfscale"
     # reference length of the Adam-like step term (optimus.optimizers.learned): "bb" - the
     # Barzilai-Borwein step length (features.reference_length); "box" - 1, the half-width
     # of the box, so exp(sigma) is an absolute step as Adam's learning rate is (for rough
@@ -103,6 +109,8 @@ class NetConfig:
             raise ValueError(f"unknown backtrack {self.backtrack!r}; expected 'halve' or 'interp'")
         if self.secant not in ("lbfgs", "bfgs"):
             raise ValueError(f"unknown secant {self.secant!r}; expected 'lbfgs' or 'bfgs'")
+        if self.bfgs_h0 not in ("selfscale", "rescale"):
+            raise ValueError(f"unknown bfgs_h0 {self.bfgs_h0!r}; expected 'selfscale' or 'rescale'")
         if self.step_scale not in ("bb", "box"):
             raise ValueError(f"unknown step_scale {self.step_scale!r}; expected 'bb' or 'box'")
         if self.accept_window < 1:

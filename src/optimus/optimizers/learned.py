@@ -73,7 +73,9 @@ class LearnedState(eqx.Module):
     f_prev: jax.Array
     acc: F.Accumulators
     B: jax.Array | None  # (N, N) preconditioner, None when the network does not precondition
-    H: jax.Array | None  # (N, N) dense BFGS inverse Hessian (secant="bfgs"), None otherwise
+    # dense BFGS inverse Hessian (secant="bfgs"): (N, N), or its two parts with
+    # bfgs_h0="rescale"; None otherwise
+    H: jax.Array | F.RescaledBFGS | None
     mask: jax.Array
     t: jax.Array
     nit: jax.Array
@@ -90,6 +92,18 @@ def uses_dense_bfgs(net) -> bool:
     return getattr(net.config, "secant", "lbfgs") == "bfgs"
 
 
+def _rescaled(net) -> bool:
+    return uses_dense_bfgs(net) and getattr(net.config, "bfgs_h0", "selfscale") == "rescale"
+
+
+def _dense_init(net, n: int, dtype):
+    if not uses_dense_bfgs(net):
+        return None
+    if _rescaled(net):
+        return F.bfgs_rescaled_init(n, dtype)
+    return jnp.zeros((n, n), dtype)
+
+
 def learned_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedState:
     """Initial state for ``x0`` of shape ``(N,)``; ``mask`` marks valid coordinates."""
     if mask is None:
@@ -97,7 +111,7 @@ def learned_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedSt
     dtype = x0.dtype
     zero_f = jnp.zeros((), dtype)
     B = jnp.eye(x0.shape[0], dtype=dtype) if uses_preconditioner(net) else None
-    H = jnp.zeros((x0.shape[0],) * 2, dtype) if uses_dense_bfgs(net) else None
+    H = _dense_init(net, x0.shape[0], dtype)
     return LearnedState(
         x=x0,
         x0=x0,
@@ -139,8 +153,12 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
         # the pair memory is read only by the two-loop direction: with a dense H it stays
         # empty instead of being updated for nothing
         acc = F.update_accumulators(state.acc, g)
-        H_new = F.bfgs_inverse_update(state.H, s, y)
-        q = H_new @ g
+        if isinstance(state.H, F.RescaledBFGS):
+            H_new = F.bfgs_rescaled_update(state.H, s, y)
+            q = F.bfgs_rescaled_direction(H_new, g)
+        else:
+            H_new = F.bfgs_inverse_update(state.H, s, y)
+            q = H_new @ g
     feats = F.coordinate_features(g, acc, s, y, By, dx, q, mask)
     glob = F.global_features(state.t, value, f_prev, f0, g, g_prev, s, y, dx, q, mask)
     out = net(feats, glob, mask)
@@ -203,7 +221,10 @@ def _safeguard(step, B, H, g, s, dx, q, ell, mask):
     step = jnp.where(fallback, safe, step)
     if B is not None:
         B = jnp.where(fallback, jnp.eye(B.shape[0], dtype=dtype), B)
-    if H is not None:
+    if isinstance(H, F.RescaledBFGS):
+        fresh = F.bfgs_rescaled_init(H.A.shape[0], dtype)
+        H = jax.tree.map(lambda a, b: jnp.where(fallback, a, b), fresh, H)
+    elif H is not None:
         H = jnp.where(fallback, jnp.zeros_like(H), H)
     return step, B, H, fallback
 

@@ -386,3 +386,24 @@ def test_pa_mpjpe_of_a_diverged_frame_is_nan():
     pred[1, 3, 0] = np.nan
     err = MT.pa_mpjpe(pred, gt)
     assert err[0] == pytest.approx(0.0, abs=1e-9) and np.isnan(err[1])
+
+
+def test_curve_styles_never_give_a_variant_the_colour_of_another_method():
+    """With variants run beside the fixed methods (--params-dir), every line keeps its own
+    colour (the goal run's figure once drew two methods in the same green and blue)."""
+    from optimus.physics.figures import _COLORS, _styles
+
+    methods = [
+        "optimus-humanoid",
+        "optimus-humanoid-w3",
+        "optimus-humanoid-w10",
+        "optimus-humanoid-w10-ft",
+        "adam",
+        "bfgs",
+        "lbfgs",
+    ]
+    styles = _styles(methods)
+    colours = [styles[m]["color"] for m in methods]
+    assert len(set(colours)) == len(methods)
+    assert styles["adam"]["color"] == _COLORS["adam"] and styles["adam"]["ls"] == "-"
+    assert styles["optimus-humanoid-w3"]["ls"] == "--"

@@ -26,6 +26,27 @@ _COLORS = {
 }
 
 
+# colours for names without a fixed one (variants run with --params-dir): the tab10
+# colours no fixed method uses, then tab20's light shades
+_SPARE = ("C5", "C7", "C8", "C1", "C4", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5")
+
+
+def _styles(methods) -> dict[str, dict]:
+    """Line colour and style per method: the fixed colour of a known method, otherwise a
+    spare colour unused by the methods plotted, dashed (so variants never share the colour
+    of a baseline)."""
+    taken = {_COLORS[m] for m in methods if m in _COLORS}
+    spare = [c for c in _SPARE if c not in taken]
+    styles, k = {}, 0
+    for m in methods:
+        if m in _COLORS:
+            styles[m] = dict(color=_COLORS[m], ls="-")
+        else:
+            styles[m] = dict(color=spare[k % len(spare)], ls="--")
+            k += 1
+    return styles
+
+
 def _plt():
     import matplotlib
 
@@ -37,6 +58,7 @@ def _plt():
 
 def plot_curves(results: dict, out: Path) -> None:
     plt = _plt()
+    styles = _styles(list(results))
     for key, fname, ylabel, log in (
         ("losses", "fig_loss.png", "best objective (median over windows)", True),
         ("mpjpe_hist", "fig_mpjpe.png", "window MPJPE of best iterate, mm (median)", False),
@@ -51,7 +73,7 @@ def plot_curves(results: dict, out: Path) -> None:
                 if not first:
                     wins = [w for ws in wins for w in ws]
                 med = np.nanmedian(np.array([w[key] for w in wins]), axis=0)
-                ax.plot(np.arange(1, med.size + 1), med, label=m, color=_COLORS.get(m), lw=1.6)
+                ax.plot(np.arange(1, med.size + 1), med, label=m, lw=1.6, **styles[m])
             ax.set_xlabel("objective+gradient evaluations")
             ax.set_ylabel(ylabel)
             if log:

@@ -43,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             key, _, value = item.partition("=")
             if key not in RULE_FIELDS:
                 raise SystemExit(f"{key!r} is not an update-rule field ({', '.join(RULE_FIELDS)})")
-            fields[key] = (
-                json.loads(value) if value not in ("halve", "interp", "bb", "box") else value
-            )
+            try:  # numbers and booleans; anything else is a string ("interp", "rescale")
+                fields[key] = json.loads(value)
+            except json.JSONDecodeError:
+                fields[key] = value
         variant = with_config(net, dataclasses.replace(net.config, **fields))
         path = optimus.save_params(
             out / f"{stem}-{suffix}.npz",

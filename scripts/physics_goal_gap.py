@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""How far is the physics goal? Evaluations that Adam at every learning rate, BFGS, L-BFGS and
+the learned model need to reach the goal's target on the first windows of the test clips.
+
+    .venv/bin/python scripts/physics_goal_gap.py --out bench_results/physics/goal_gap  # ~5 min
+
+The goal of the physics issue: reach (1 + eps) times the best baseline's 50-evaluation loss
+within 10 evaluations. The target is computed exactly as in ``optimus bench physics`` (per
+first window, the lowest final loss of Adam at the learning rate tuned on validation windows,
+BFGS and L-BFGS, times 1.05). This script adds Adam at a grid of learning rates and an
+*oracle* that picks, per window and after the fact, the learning rate that is best at
+evaluation 10: a bound on what any fixed-rate Adam could do, and a yardstick for how much
+faster than first-order a learned optimizer would have to be. First windows only: they are
+the identical problem for every method (later windows start from each method's own
+reconstruction). Writes ``report.md`` and ``windows.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+
+LRS = (0.003, 0.01, 0.02, 0.03, 0.05, 0.1)
+AT = 10  # the goal's budget
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--clips", type=int, default=6, help="clips per test split")
+    p.add_argument("--k", type=int, default=4, help="keyframes per window")
+    p.add_argument("--evals", type=int, default=50)
+    p.add_argument(
+        "--learned",
+        default="optimus-humanoid",
+        help="comma-separated learned methods: shipped task models, or names with weights in "
+        "--params-dir (as in `optimus bench physics --params-dir`)",
+    )
+    p.add_argument("--params-dir", default=None)
+    p.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in LRS), help="Adam grid")
+    args = p.parse_args(argv)
+
+    from optimus.physics import bench as PB
+    from optimus.physics import model as M
+    from optimus.physics import motion as MO
+
+    t0 = time.perf_counter()
+    PB.enable_compilation_cache()
+    data = MO.load(None)
+    settings = dict(evals=args.evals, ks=[args.k], val_windows=4)
+    tuned = PB.tune_adam(data, settings, print)
+    dyn = M.model_arrays()
+    learned = [m.strip() for m in args.learned.split(",") if m.strip()]
+    nets, _, runs_as = PB.load_weights(dict(methods=learned, params_dir=args.params_dir))
+    lrs = [float(v) for v in args.lrs.split(",")]
+    methods = [f"adam@{lr:g}" for lr in lrs] + ["bfgs", "lbfgs", *learned]
+    rows = []  # (window, method, losses)
+    for split in ("test", "test_mismatch"):
+        for i in range(min(args.clips, len(data[split]["qpos"]))):
+            clip = {k: v[i] for k, v in data[split].items()}
+            obj = PB._window(clip, 0, clip["qpos"][0], clip["qvel"][0], args.k, dyn)
+            key = f"{split}[{i}]"
+            curves = {}
+            for m in methods:
+                if m.startswith("adam@"):
+                    out = PB.solve_window(obj, "adam", args.evals, float(m[5:]))
+                elif m in nets:
+                    out = PB.solve_window(obj, runs_as[m], args.evals, params=nets[m])
+                else:
+                    out = PB.solve_window(obj, m, args.evals)
+                curves[m] = out["losses"]
+            if f"adam@{tuned:g}" not in curves:
+                curves[f"adam@{tuned:g}"] = PB.solve_window(obj, "adam", args.evals, tuned)[
+                    "losses"
+                ]
+            rows.append((key, curves))
+            print(f"[{time.perf_counter() - t0:6.0f}s] {key} done", flush=True)
+
+    # the bench's target: (1 + eps) x the lowest final loss of the baselines
+    baseline_names = [f"adam@{tuned:g}", "bfgs", "lbfgs"]
+    table = []
+    for key, curves in rows:
+        target = (1 + PB.EPS) * min(PB._finite_or_inf(curves[b][-1]) for b in baseline_names)
+        reach = {m: PB._evals_to_reach(c, target) for m, c in curves.items()}
+        at = {m: float(c[AT - 1] / target) for m, c in curves.items()}
+        adam_lrs = [m for m in curves if m.startswith("adam@")]
+        oracle_m = min(adam_lrs, key=lambda m: curves[m][AT - 1])
+        reach["adam-oracle"] = min(reach[m] for m in adam_lrs)
+        at["adam-oracle"] = at[oracle_m]
+        table.append((key, target, reach, at, oracle_m))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [*curves.keys(), "adam-oracle"]
+    with open(out / "windows.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["window", "target", "method", "evals_to_reach", f"loss_at_{AT}_over_target"])
+        for key, target, reach, at, _ in table:
+            for m in names:
+                w.writerow([key, f"{target:.6g}", m, reach[m], f"{at[m]:.6g}"])
+    lines = [
+        "# How far is the physics goal (first windows)",
+        "",
+        f"Generated by `scripts/physics_goal_gap.py` in {time.perf_counter() - t0:.0f} s: "
+        f"first windows of {args.clips} + {args.clips} test clips (nominal and model-mismatch "
+        f"splits), K = {args.k}, {args.evals} evaluations per run. Target per window: "
+        f"{1 + PB.EPS:g} x the lowest final loss of Adam (learning rate {tuned:g}, tuned on "
+        "validation windows as in `optimus bench physics`), BFGS and L-BFGS. `adam-oracle`: "
+        f"per window, the grid learning rate that is best at evaluation {AT} (its reach: the "
+        "fewest evaluations of any grid rate), chosen after the fact."
+        + (
+            f" Learned weights from `{args.params_dir}` where named there."
+            if args.params_dir
+            else ""
+        ),
+        "",
+        f"| method | median evaluations to reach | windows reached | median loss at "
+        f"evaluation {AT} / target | windows within target at {AT} |",
+        "|---|---|---|---|---|",
+    ]
+    for m in names:
+        r = np.array([t[2][m] for t in table])
+        a = np.array([t[3][m] for t in table])
+        lines.append(
+            f"| {m} | {np.median(r):.0f} | {int(np.isfinite(r).sum())} of {len(r)} | "
+            f"{np.median(a):.3f} | {int((a <= 1).sum())} of {len(a)} |"
+        )
+    picks = [t[4] for t in table]
+    lines += [
+        "",
+        "Oracle's learning rate per window: "
+        + ", ".join(f"{m[5:]} ({picks.count(m)})" for m in sorted(set(picks))),
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -131,3 +131,20 @@ def test_object_arrays_are_refused_without_unpickling(tmp_path):
     path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="not a readable .npz archive.*pickle"):
         optimus.load_params(path)
+
+
+def test_load_learned_file_infers_or_checks_the_method(tmp_path):
+    import optimus
+    from optimus.optimizers import learned_method_of, load_learned_file
+
+    net = optimus.load_pretrained("optimus-noprecond")
+    path = optimus.save_params(tmp_path / "variant.npz", net, name="variant")
+    loaded, method = load_learned_file(path)
+    assert method == "optimus-noprecond" == learned_method_of(loaded)
+    assert learned_method_of(optimus.load_pretrained("mlp")) == "mlp"
+    assert learned_method_of(optimus.load_pretrained("optimus")) == "optimus"
+    with pytest.raises(ValueError, match=r"cannot use .*variant.npz for method 'optimus'"):
+        load_learned_file(path, "optimus")
+    (tmp_path / "junk.npz").write_bytes(b"not a file of ours")
+    with pytest.raises(ValueError, match="cannot use .*junk.npz as learned-optimizer weights"):
+        load_learned_file(tmp_path / "junk.npz")

@@ -276,8 +276,8 @@ def load_learned(config: BenchConfig) -> tuple[dict[str, Any], list[str]]:
     """Networks for the learned methods among ``config.methods``: ``DIR/<method>.npz`` from
     ``--params-dir`` if present, else the shipped pretrained weights; methods with neither
     are skipped (a note says so)."""
-    from optimus import load_params, pretrained
-    from optimus.optimizers import LEARNED_METHODS, check_learned_params
+    from optimus import pretrained
+    from optimus.optimizers import LEARNED_METHODS, load_learned_file
 
     nets: dict[str, Any] = {}
     notes: list[str] = []
@@ -288,11 +288,9 @@ def load_learned(config: BenchConfig) -> tuple[dict[str, Any], list[str]]:
         path = None if config.params_dir is None else config.params_dir / f"{method}.npz"
         if path is not None and path.is_file():
             try:
-                net, _meta = load_params(path)
-                check_learned_params(method, net)
-            except (OSError, ValueError, TypeError) as e:
-                raise BenchError(f"cannot use {path} for method {method!r}: {e}") from None
-            nets[method] = net
+                nets[method] = load_learned_file(path, method)[0]
+            except ValueError as e:
+                raise BenchError(str(e)) from None
             notes.append(f"{method}: weights from {path}")
         elif method in shipped:
             try:

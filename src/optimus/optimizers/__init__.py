@@ -56,6 +56,32 @@ def check_learned_params(method: str, net: Any) -> None:
         raise ValueError("method 'optimus-noprecond' needs a network with precondition=False")
 
 
+def learned_method_of(net: Any) -> str:
+    """The learned method a network runs as: ``"mlp"``, ``"optimus"`` (with the
+    preconditioner) or ``"optimus-noprecond"``."""
+    cfg = getattr(net, "config", None)
+    if getattr(cfg, "kind", None) == "mlp":
+        return "mlp"
+    return "optimus" if getattr(cfg, "precondition", False) else "optimus-noprecond"
+
+
+def load_learned_file(path: Any, method: str | None = None) -> tuple[Any, str]:
+    """Load a parameter file (``optimus.save_params``) for a learned method: ``method``, or
+    the one its network belongs to (:func:`learned_method_of`) when None. Returns the
+    network and the method; raises ``ValueError`` naming the file when it cannot be read or
+    does not fit the method (for the benchmarks' ``--params-dir``)."""
+    from optimus.serialization import load_params
+
+    try:
+        net = load_params(path)[0]
+        method = method or learned_method_of(net)
+        check_learned_params(method, net)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        what = f"for method {method!r}" if method else "as learned-optimizer weights"
+        raise ValueError(f"cannot use {path} {what}: {e}") from None
+    return net, method
+
+
 def get_optimizer(method: str, params: Any = None, **options: Any) -> Optimizer:
     """Build the optimizer registered as ``method``.
 

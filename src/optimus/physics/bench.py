@@ -94,8 +94,7 @@ def load_weights(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, st
     that is no method (e.g. ``optimus-humanoid-w10``) is allowed when ``DIR/<name>.npz``
     exists: it runs with the learned method its network belongs to. Returns the networks,
     per learned method where its weights come from, and the method each name runs as."""
-    from optimus import load_params
-    from optimus.optimizers import LEARNED_METHODS, check_learned_params
+    from optimus.optimizers import LEARNED_METHODS, load_learned_file
 
     nets: dict[str, Any] = {}
     source: dict[str, str] = {}
@@ -113,18 +112,8 @@ def load_weights(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, st
         if method not in LEARNED_METHODS and m in known:
             continue
         if path is not None and path.is_file():
-            try:
-                net = load_params(path)[0]
-                if m not in known:
-                    cfg = net.config
-                    method = (
-                        "mlp"
-                        if cfg.kind == "mlp"
-                        else ("optimus" if cfg.precondition else "optimus-noprecond")
-                    )
-                check_learned_params(method, net)
-            except (OSError, ValueError, TypeError, AttributeError) as e:
-                raise ValueError(f"cannot use {path} for method {m!r}: {e}") from None
+            # a variant name runs as the method its network belongs to
+            net, method = load_learned_file(path, method if m in known else None)
             nets[m] = net
             source[m] = str(path)
         else:

@@ -121,6 +121,24 @@ def test_sigkill_then_resume_is_identical_to_an_uninterrupted_run(tmp_path, tiny
     )
 
 
+def test_resume_accepts_a_checkpoint_written_before_a_config_field_existed(tmp_path, tiny_config):
+    """A field added to the config later (with a default that keeps the old behaviour) must not
+    make an older run unresumable: its stored config lacks the key, and is compared with the
+    default filled in. A real difference is still refused (test_checkpoint_errors)."""
+    import json
+
+    cfg = load_config(tiny_config)
+    out = tmp_path / "run"
+    train(cfg, out, progress=False, stop_after=2)
+    meta = ckpt.latest_checkpoint(out / "checkpoints") / "meta.json"
+    info = json.loads(meta.read_text())
+    del info["config"]["model"]["bfgs_h0"]  # as written before the field existed
+    del info["config"]["tasks"]["meta_loss"]
+    meta.write_text(json.dumps(info))
+    train(cfg, out, resume=True, progress=False, stop_after=1)
+    assert int(ckpt.latest_checkpoint(out / "checkpoints").name.split("_")[1]) >= 2
+
+
 def test_checkpoint_errors(tmp_path, tiny_config):
     cfg = load_config(tiny_config)
     out = tmp_path / "run"

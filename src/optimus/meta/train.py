@@ -231,6 +231,18 @@ def config_from_dict(data: dict) -> TrainConfig:
     return TrainConfig(**kwargs)
 
 
+def _with_defaults(stored: Any) -> Any:
+    """A checkpoint's stored training config with the defaults of fields added since it was
+    written filled in (as :meth:`TrainConfig.training_dict` writes it now), so that adding a
+    config field does not make older runs unresumable; ``stored`` unchanged when it does not
+    parse (the comparison then fails as before)."""
+    try:
+        cfg = config_from_dict(stored)
+    except (ValueError, TypeError, AttributeError):
+        return stored
+    return json.loads(json.dumps(cfg.training_dict(), sort_keys=True))
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
     """Read a TOML config and apply ``section.key=value`` overrides."""
     data: dict = {}
@@ -619,7 +631,7 @@ def train(
         if last is None:
             raise ValueError(f"--resume: no checkpoint found in {ckdir}")
         info = json.loads((last / "meta.json").read_text())
-        if info.get("config") != train_cfg:
+        if _with_defaults(info.get("config")) != train_cfg:
             raise ckpt.CheckpointError(
                 f"checkpoint {last} was written with a different configuration; resume with "
                 f"the run's own config ({out / 'config.json'})"

@@ -229,6 +229,29 @@ def tune_adam(data: dict, settings: dict, log) -> float:
     return best
 
 
+def clip_start(clip: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The state a reconstruction of ``clip`` starts from: its true initial state, with the
+    root height of a model-mismatch clip shifted so that the nominal body (the one every
+    reconstruction simulates) stands on the floor."""
+    from optimus.physics import model as M
+
+    qpos, qvel = clip["qpos"][0].copy(), clip["qvel"][0]
+    mismatch = M.Mismatch(*map(float, clip["mismatch"]))
+    if mismatch != M.NOMINAL:
+        # the true state belongs to another body: put the nominal body's feet on the floor
+        qpos[2] += M.initial_state()[0][2] - M.initial_state(mismatch)[0][2]
+    return qpos, qvel
+
+
+def first_window(clip: dict, k: int, model_dyn=None):
+    """The objective of the first window of ``clip`` with ``k`` keyframes, as every method
+    of the benchmark sees it (from :func:`clip_start`)."""
+    from optimus.physics import model as M
+
+    qpos, qvel = clip_start(clip)
+    return _window(clip, 0, qpos, qvel, k, M.model_arrays() if model_dyn is None else model_dyn)
+
+
 def reconstruct_clip(
     clip: dict, method: str, settings: dict, k0: int, lr=None, params: Any = None
 ) -> dict:
@@ -240,11 +263,7 @@ def reconstruct_clip(
 
     dyn = M.model_arrays()  # reconstruction always uses the nominal body
     ks = settings["ks"]
-    qpos, qvel = clip["qpos"][0].copy(), clip["qvel"][0]
-    mismatch = M.Mismatch(*map(float, clip["mismatch"]))
-    if mismatch != M.NOMINAL:
-        # the true state belongs to another body: put the nominal body's feet on the floor
-        qpos[2] += M.initial_state()[0][2] - M.initial_state(mismatch)[0][2]
+    qpos, qvel = clip_start(clip)
     f = O.FRAMES_PER_WINDOW
     windows = []
     target_end = None  # PD target at the end of the previous window

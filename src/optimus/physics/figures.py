@@ -117,6 +117,7 @@ def plot_skeletons(clip: dict, results: dict, out: Path, method: str = "optimus"
     n = min(len(results[m][key]["kps"]) for m in methods)
     gt = _project(clip["camera"], clip["kp3d"][:n])
     rec = {m: _project(clip["camera"], results[m][key]["kps"][:n]) for m in methods}
+    styles = _styles(list(results))  # the colours of the curve figures
     obs = clip["obs2d"][:n]
     conf = clip["conf"][:n]
     lo = np.nanmin([gt.min((0, 1))] + [np.nanmin(r, (0, 1)) for r in rec.values()], axis=0) - 40
@@ -128,7 +129,7 @@ def plot_skeletons(clip: dict, results: dict, out: Path, method: str = "optimus"
         ax.cla()
         _draw(ax, gt[f], "k", 3.0, "ground truth")
         for m in methods:
-            _draw(ax, rec[m][f], _COLORS.get(m, "C3"), 1.6, m)
+            _draw(ax, rec[m][f], styles[m]["color"], 1.6, m)
         ok = conf[f] > 0
         ax.scatter(obs[f, ok, 0], obs[f, ok, 1], s=8, c="0.5", label="2D observations")
         ax.set_xlim(lo[0], hi[0])

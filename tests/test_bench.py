@@ -247,6 +247,32 @@ def test_report_statistics_synthetic():
     assert "| sphere | transformed | 2 | bfgs |" in text
 
 
+def test_report_counts_ties_and_floor_cells_that_no_method_can_win():
+    """A cell where Optimus and the reference are equal (both at the -30 floor, or both on
+    the same plateau) is a tie: the target line says how many, and the share outside ties."""
+    methods = ("optimus", "adam", "sgdm", "bfgs", "lbfgs")
+    value = {  # (function, n) -> method -> mean log10
+        ("sphere", 2): dict(optimus=-30, adam=-5, sgdm=-6, bfgs=-30, lbfgs=-30),
+        ("ackley", 10): dict(optimus=1.3, adam=1.3, sgdm=1.3, bfgs=1.3, lbfgs=1.3),
+        ("rastrigin", 10): dict(optimus=2.0, adam=2.5, sgdm=2.5, bfgs=2.2, lbfgs=2.1),
+        ("levy", 10): dict(optimus=2.0, adam=1.5, sgdm=2.5, bfgs=1.0, lbfgs=2.1),
+    }
+    runs, cells = [], []
+    for (func, n), by in value.items():
+        cells.append((func, "transformed", n))
+        for s in range(3):
+            runs.extend(_fake(m, func, n, s, by[m]) for m in methods)
+    text = R.build_report(_fake_results(runs, methods, cells))
+    assert "beats adam **and** sgdm (tuned) in 50% (2/4) of cells" in text
+    assert (
+        "Ties (|difference| < 0.01 decades) in 1 of 4 cells, 0 of them with both at the -30 "
+        "floor; outside ties Optimus is lower in 67% (2/3)."
+    ) in text
+    assert "beats the better of bfgs/lbfgs in 25% (1/4) of cells." in text
+    assert "Ties (|difference| < 0.01 decades) in 2 of 4 cells, 1 of them with both" in text
+    assert "outside ties Optimus is lower in 50% (1/2)." in text
+
+
 def test_speedup_synthetic():
     methods = ("optimus", "adam")
     budget_curve = np.array([1.0, 0.5, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8])

@@ -388,6 +388,26 @@ def _tuning(s: Stats) -> list[str]:
     return lines
 
 
+TIE = 0.01  # decades: mean log10 objectives closer than this count as a tie
+
+
+def _ties(cells, ours, theirs) -> str:
+    """How many cells are ties (|difference| < ``TIE`` decades), which no method can win,
+    and how many of them sit at the log10 floor (both exact to float precision)."""
+    from optimus.bench.run import LOG10_FLOOR
+
+    tied = [(f, n) for f, n in cells if abs(ours(f, n) - theirs(f, n)) < TIE]
+    if not tied:
+        return " No ties."
+    floor = sum(max(ours(f, n), theirs(f, n)) <= LOG10_FLOOR + TIE for f, n in tied)
+    wins = sum(ours(f, n) < theirs(f, n) for f, n in cells if (f, n) not in tied)
+    return (
+        f" Ties (|difference| < {TIE} decades) in {len(tied)} of {len(cells)} cells, "
+        f"{floor} of them with both at the {LOG10_FLOOR:g} floor; outside ties Optimus is "
+        f"lower in {_pct(wins, len(cells) - len(tied))}."
+    )
+
+
 def _issue_targets(s: Stats) -> list[str]:
     from optimus import functions as F
 
@@ -426,6 +446,11 @@ def _issue_targets(s: Stats) -> list[str]:
         lines.append(
             f"- Optimus beats adam **and** sgdm (tuned) in {_pct(both, len(ok))} of cells "
             f"(adam alone: {_pct(b_adam, len(ok))}; sgdm alone: {_pct(b_sgdm, len(ok))})."
+            + _ties(
+                ok,
+                lambda f, n: m_(OPTIMUS, f, n),
+                lambda f, n: min(m_("adam", f, n), m_("sgdm", f, n)),
+            )
         )
     else:
         lines.append("- Optimus vs adam and sgdm: not computed (adam or sgdm not run).")
@@ -440,6 +465,7 @@ def _issue_targets(s: Stats) -> list[str]:
         k = sum(m_(OPTIMUS, f, n) < min(m_(q, f, n) for q in qn) for f, n in ok)
         lines.append(
             f"- Optimus beats the better of {'/'.join(qn)} in {_pct(k, len(ok))} of cells."
+            + _ties(ok, lambda f, n: m_(OPTIMUS, f, n), lambda f, n: min(m_(q, f, n) for q in qn))
         )
     else:
         lines.append("- Optimus vs BFGS / L-BFGS: not computed (neither was run).")

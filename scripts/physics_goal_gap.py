@@ -2,7 +2,13 @@
 """How far is the physics goal? Evaluations that Adam at every learning rate, BFGS, L-BFGS and
 the learned model need to reach the goal's target on the first windows of the test clips.
 
-    .venv/bin/python scripts/physics_goal_gap.py --out bench_results/physics/goal_gap  # ~5 min
+    .venv/bin/python scripts/physics_goal_gap.py --out bench_results/physics/goal_gap  # ~3 min
+    # choosing a variant on validation windows (24 problems) instead of the test clips:
+    .venv/bin/python scripts/rule_variants.py optimus-humanoid --out runs/variants/step \
+        --variant s15:step_factor=1.5 --variant s2:step_factor=2
+    .venv/bin/python scripts/physics_goal_gap.py --splits val --clips 4 --windows 6 \
+        --learned optimus-humanoid,optimus-humanoid-s15,optimus-humanoid-s2 \
+        --params-dir runs/variants/step --out bench_results/physics/goal_gap_val
 
 The goal of the physics issue: reach (1 + eps) times the best baseline's 50-evaluation loss
 within 10 evaluations. The windows and the target are those of ``optimus bench physics``
@@ -31,7 +37,20 @@ AT = 10  # the goal's budget
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--clips", type=int, default=6, help="clips per test split")
+    p.add_argument("--clips", type=int, default=6, help="clips per split")
+    p.add_argument(
+        "--splits",
+        default="test,test_mismatch",
+        help="comma-separated data splits; 'val' or 'train' to choose a variant without "
+        "looking at the test clips",
+    )
+    p.add_argument(
+        "--windows",
+        type=int,
+        default=1,
+        help="windows per clip: the first (as in the benchmark) and, for more than 1, the "
+        "next ones started from the ground-truth state (independent problems)",
+    )
     p.add_argument("--k", type=int, default=4, help="keyframes per window")
     p.add_argument("--evals", type=int, default=50)
     p.add_argument(
@@ -61,27 +80,39 @@ def main(argv: list[str] | None = None) -> int:
     lrs = [float(v) for v in args.lrs.split(",")]
     methods = [f"adam@{lr:g}" for lr in lrs] + ["bfgs", "lbfgs", *learned]
     rows = []  # (window, method, losses)
-    for split in ("test", "test_mismatch"):
-        for i in range(min(args.clips, len(data[split]["qpos"]))):
-            clip = {k: v[i] for k, v in data[split].items()}
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    for split in splits:
+        if split not in data:
+            p.error(f"unknown split {split!r}; the dataset has {', '.join(data)}")
+    windows = [
+        (split, i, w)
+        for split in splits
+        for i in range(min(args.clips, len(data[split]["qpos"])))
+        for w in range(min(args.windows, len(data[split]["qpos"][i]) - 1))
+    ]
+    for split, i, w in windows:
+        clip = {k: v[i] for k, v in data[split].items()}
+        if w == 0:
             obj = PB.first_window(clip, args.k, dyn)  # as the benchmark builds it
-            key = f"{split}[{i}]"
-            curves, finals = {}, {}
-            todo = [
-                (m, "adam", dict(lr=float(m[5:])))
-                if m.startswith("adam@")
-                else (m, runs_as[m], dict(params=nets[m]))
-                if m in nets
-                else (m, m, {})
-                for m in methods
-            ]
-            if f"adam@{tuned:g}" not in methods:
-                todo.append((f"adam@{tuned:g}", "adam", dict(lr=tuned)))
-            for m, method, kw in todo:
-                out = PB.solve_window(obj, method, args.evals, **kw)
-                curves[m], finals[m] = out["losses"], PB._finite_or_inf(out["final"])
-            rows.append((key, curves, finals))
-            print(f"[{time.perf_counter() - t0:6.0f}s] {key} done", flush=True)
+        else:  # later windows from the ground-truth state
+            obj = PB._window(clip, w, clip["qpos"][w], clip["qvel"][w], args.k, dyn)
+        key = f"{split}[{i}]" + (f"w{w}" if w else "")
+        curves, finals = {}, {}
+        todo = [
+            (m, "adam", dict(lr=float(m[5:])))
+            if m.startswith("adam@")
+            else (m, runs_as[m], dict(params=nets[m]))
+            if m in nets
+            else (m, m, {})
+            for m in methods
+        ]
+        if f"adam@{tuned:g}" not in methods:
+            todo.append((f"adam@{tuned:g}", "adam", dict(lr=tuned)))
+        for m, method, kw in todo:
+            out = PB.solve_window(obj, method, args.evals, **kw)
+            curves[m], finals[m] = out["losses"], PB._finite_or_inf(out["final"])
+        rows.append((key, curves, finals))
+        print(f"[{time.perf_counter() - t0:6.0f}s] {key} done", flush=True)
 
     # the bench's target: (1 + eps) x the lowest final loss of the baselines
     baseline_names = [f"adam@{tuned:g}", "bfgs", "lbfgs"]
@@ -110,11 +141,22 @@ def main(argv: list[str] | None = None) -> int:
             for m in names:
                 w.writerow([key, f"{target:.6g}", m, reach[m], f"{at[m]:.6g}"])
     lines = [
-        "# How far is the physics goal (first windows)",
+        "# How far is the physics goal"
+        + (
+            " (first windows)"
+            if args.windows == 1
+            else f" ({', '.join(splits)} windows from ground-truth states)"
+        ),
         "",
         f"Generated by `scripts/physics_goal_gap.py` in {time.perf_counter() - t0:.0f} s: "
-        f"first windows of {args.clips} + {args.clips} test clips (nominal and model-mismatch "
-        f"splits), K = {args.k}, {args.evals} evaluations per run. Target per window: "
+        + (
+            f"first windows of {args.clips} + {args.clips} test clips (nominal and "
+            "model-mismatch splits)"
+            if splits == ["test", "test_mismatch"] and args.windows == 1
+            else f"{len(table)} windows of splits {', '.join(splits)} (up to {args.clips} clips, "
+            f"{args.windows} windows each, later windows from the ground-truth state)"
+        )
+        + f", K = {args.k}, {args.evals} evaluations per run. Target per window: "
         f"{1 + PB.EPS:g} x the lowest final loss of Adam (learning rate {tuned:g}, tuned on "
         "validation windows as in `optimus bench physics`), BFGS and L-BFGS. `adam-oracle`: "
         f"per window, the grid learning rate that is best at evaluation {AT}, chosen after "

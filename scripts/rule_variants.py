@@ -10,6 +10,11 @@ changed (``optimus.nets.with_config``; only fields of ``optimus.meta.train.RULE_
 the parameters keep their meaning). ``optimus bench physics --params-dir OUT --methods
 <model>-<SUFFIX>,...`` and ``optimus bench --params-dir`` then run them beside the shipped
 model. The card records the source model and the change.
+
+One key that is no config field: ``step_factor=F`` multiplies the Adam-like term's global
+step exp(sigma) by ``F`` (adds log F to the bias of the global head's sigma output, which
+``outer.init_log_step`` sets for a fine-tune), e.g.
+``--variant s15:step_factor=1.5``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 
@@ -26,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--variant", action="append", required=True, metavar="SUFFIX:FIELD=VALUE,...")
     args = p.parse_args(argv)
+
+    import equinox as eqx
 
     import optimus
     from optimus.meta.train import RULE_FIELDS
@@ -39,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.variant:
         suffix, _, changes = spec.partition(":")
         fields = {}
+        factor = None
         for item in filter(None, changes.split(",")):
             key, _, value = item.partition("=")
+            if key == "step_factor":
+                factor = float(value)
+                if not factor > 0:
+                    raise SystemExit(f"step_factor must be > 0, got {value}")
+                continue
             if key not in RULE_FIELDS:
                 raise SystemExit(f"{key!r} is not an update-rule field ({', '.join(RULE_FIELDS)})")
             try:  # numbers and booleans; anything else is a string ("interp", "rescale")
@@ -48,14 +62,21 @@ def main(argv: list[str] | None = None) -> int:
             except json.JSONDecodeError:
                 fields[key] = value
         variant = with_config(net, dataclasses.replace(net.config, **fields))
+        change = dict(fields)
+        if factor is not None:
+            if not hasattr(variant, "glob_head"):
+                raise SystemExit("step_factor needs an Optimus network (kind = 'optimus')")
+            bias = variant.glob_head.bias.at[0].add(math.log(factor))
+            variant = eqx.tree_at(lambda n: n.glob_head.bias, variant, bias)
+            change["step_factor"] = factor
         path = optimus.save_params(
             out / f"{stem}-{suffix}.npz",
             variant,
             name=f"{stem}-{suffix}",
             source=args.model,
-            rule_change=fields,
+            rule_change=change,
         )
-        print(f"wrote {path}: {fields}")
+        print(f"wrote {path}: {change}")
     return 0
 
 

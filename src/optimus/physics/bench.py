@@ -218,7 +218,7 @@ def tune_adam(data: dict, settings: dict, log) -> float:
     finals: dict[float, list[float]] = {lr: [] for lr in ADAM_LRS}
     for i in range(min(settings["val_windows"], len(val["qpos"]))):
         clip = {k: v[i] for k, v in val.items()}
-        obj = _window(clip, 0, clip["qpos"][0], clip["qvel"][0], settings["ks"][0], dyn)
+        obj = first_window(clip, settings["ks"][0], dyn)
         for lr in ADAM_LRS:
             finals[lr].append(
                 _finite_or_inf(solve_window(obj, "adam", settings["evals"], lr)["final"])
@@ -547,9 +547,7 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     clip0 = {k: v[0] for k, v in data["test"].items()}
     gt_losses = {}
-    from optimus.physics import model as M
-
-    obj = _window(clip0, 0, clip0["qpos"][0], clip0["qvel"][0], 2, M.model_arrays())
+    obj = first_window(clip0, 2)
     obj.host_value_and_grad(np.zeros(obj.n))
     timing = {"compile_s": round(time.perf_counter() - t0, 1)}
     log(f"value-and-gradient ready (compile or cache load): {timing['compile_s']} s")

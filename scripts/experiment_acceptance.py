@@ -9,9 +9,9 @@ backtracking (``NetConfig.backtrack = "interp"``).
 (~3-6 min each on 2 cores with a warm compilation cache). Two parts, each comparing the same
 network as shipped and with the option:
 
-* physics: the first window of every test and model-mismatch clip (from the true state,
-  K = 4, 50 evaluations), final window loss and rejected trial points, with BFGS / L-BFGS /
-  Adam (lr 0.01) beside;
+* physics: the first window of every test and model-mismatch clip (from the benchmark's
+  start state, ``optimus.physics.bench.clip_start``, K = 4, 50 evaluations), final window
+  loss and rejected trial points, with BFGS / L-BFGS / Adam (lr 0.01) beside;
 * test functions: transformed problems, n = 10, 30, 100, 5 seeds, 100 evaluations, mean
   log10 of the best objective.
 
@@ -62,7 +62,7 @@ def physics_part(nets, evals: int, lines: list[str]) -> None:
         d = data[split]
         for i in range(len(d["qpos"])):
             clip = {k: v[i] for k, v in d.items()}
-            obj = PB._window(clip, 0, clip["qpos"][0], clip["qvel"][0], 4, dyn)
+            obj = PB.first_window(clip, 4, dyn)
             for label, net in [*nets.items(), ("bfgs", None), ("lbfgs", None), ("adam", None)]:
                 method = label.split("+")[0]
                 lr = 0.01 if method == "adam" else None
@@ -71,7 +71,8 @@ def physics_part(nets, evals: int, lines: list[str]) -> None:
     lines += [
         "## Physics: first windows of the test and mismatch clips",
         "",
-        f"K = 4, {evals} evaluations, from the true state; median over "
+        f"K = 4, {evals} evaluations, from the benchmark's start state (the true state; a "
+        "mismatch clip's root height shifted so the nominal body stands on the floor); median over "
         f"{len(next(iter(rows.values())))} windows.",
         "",
         "| method | median final loss | median rejected trial points |",

@@ -31,11 +31,12 @@ of the quadratic through :math:`f_b`, the slope :math:`g_b^\top p` and :math:`f`
 
 exact in one step on a quadratic along the line; :math:`\beta = 1/2` when :math:`p` is not a
 descent direction or :math:`f` is not finite. It needs the gradient :math:`g_b` at the best
-point, which the state keeps either way. Off in every shipped model. Measured with the
-shipped weights switched to it (``scripts/experiment_acceptance.py --set backtrack=interp``
-→ ``bench_results/backtrack.md``): no gain beyond noise (physics first windows: median final
-loss 4.09 vs 4.36 for optimus, 4.27 vs 4.17 for optimus-noprecond, rejections 32 vs 35 of 50;
-test functions: mean log10 −4.98 vs −5.18 for optimus).
+point, which the state keeps either way. On in ``optimus-humanoid`` only. Measured with the
+function-trained shipped weights switched to it (``scripts/experiment_acceptance.py --set
+backtrack=interp`` → ``bench_results/backtrack.md``): on the physics first windows it lowers
+the median final loss (4.20 vs 4.57 for optimus, 4.27 vs 4.36 for optimus-noprecond;
+rejections 32 vs 39 of 50), still far above Adam's 2.55; on the test functions it is worse
+for optimus (mean log10 −4.86 vs −5.55) and equal for optimus-noprecond (−3.97).
 
 **Step memory** (optional, ``memory=True``; ``NetConfig.step_memory``; ours). Plain
 backtracking forgets: when the inner optimizer keeps proposing steps :math:`2^k` times too
@@ -46,9 +47,11 @@ exactly :math:`c \leftarrow c/2`), an acceptance multiplies it by ``GROW`` = 1.5
 optimizer's next proposal :math:`x'` is shortened to :math:`x_b + c\,(x' - x_b)` before it is
 evaluated. The secant pair the inner optimizer sees is still exact. Off in every shipped
 model. Measured with the shipped weights switched to it (``scripts/experiment_acceptance.py``
-→ ``bench_results/step_memory.md``): it did not help, neither on the physics windows (median
-final loss 4.35 vs 4.12, rejections 31 vs 39 of 50) nor on the test functions (mean log10
-−5.41 vs −5.87); a network meta-trained with it has not been tried.
+→ ``bench_results/step_memory.md``): no change on the physics windows (median final loss
+4.57 vs 4.57, rejections 34 vs 39 of 50); on the test functions mean log10 −5.66 vs −5.55, a
+difference within the noise of 5 seeds (the quadratic and Rosenbrock at n = 10 and
+Griewank at n = 100 swing it; the run before the float32 fix of the functions gave −5.41
+vs −5.87); a network meta-trained with it has not been tried.
 
 **Non-monotone acceptance** (optional, ``window=M > 1``; ``NetConfig.accept_window``; the
 rule of Grippo, Lampariello & Lucidi, 1986). The trial point is judged against the largest

@@ -10,31 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_train import TINY as TRAIN_TINY
+
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = """
-name = "optimus"
-[model]
-width = 8
-depth = 1
-num_heads = 2
-hidden = 8
-[tasks]
-functions = ["sphere", "rosenbrock"]
-n_min = 2
-n_max = 4
-horizon = 10
-[estimator]
-num_pairs = 2
-truncation = 5
-[outer]
-steps = 4
-warmup_steps = 1
-[run]
-checkpoint_every = 2
-eval_every = 2
-eval_tasks = 2
-"""
+# the meta-training tests' tiny config, cut to 4 outer steps
+TINY = TRAIN_TINY.replace("steps = 300", "steps = 4").replace("eval_every = 50", "eval_every = 2")
+assert "\nsteps = 4\n" in TINY and "eval_every = 2\n" in TINY, "test_train.TINY changed"
 
 
 def _script(name: str):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Meta-train several seeds of one or more configs, for selecting the shipped model on a
-# validation set (scripts/validate_weights.py). Every run is resumable: rerun the same
+# Meta-train several seeds of one or more configs, for comparing them on validation problems
+# (scripts/validate_weights.py: meta-loss; scripts/bench_validation.py: the benchmark's metric). Every run is resumable: rerun the same
 # command after a kill and each run continues from its last checkpoint.
 #
 #   scripts/train_seeds.sh OUT "0 1 2" configs/optimus.toml configs/mlp.toml ...
@@ -18,6 +18,9 @@ seeds=$2
 shift 2
 OPTIMUS=${OPTIMUS:-.venv/bin/optimus}
 JOBS=${JOBS:-1}
+for cfg in "$@"; do
+  [ -f "$cfg" ] || { echo "no such config: $cfg" >&2; exit 2; }
+done
 mkdir -p "$out"
 
 run_config() {
@@ -35,9 +38,6 @@ run_config() {
 }
 
 status=0
-for cfg in "$@"; do
-  [ -f "$cfg" ] || { echo "no such config: $cfg" >&2; exit 2; }
-done
 for cfg in "$@"; do
   run_config "$cfg" &
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || status=1; done

@@ -56,6 +56,7 @@ def test_train_seeds_trains_one_run_per_seed_with_that_seed(tmp_path):
 def test_train_seeds_refuses_bad_arguments(tmp_path):
     r = _train_seeds(str(tmp_path / "o"), "0", str(tmp_path / "missing.toml"), cwd=tmp_path)
     assert r.returncode == 2 and "no such config" in r.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything is written
     r = _train_seeds(str(tmp_path / "o"), cwd=tmp_path)
     assert r.returncode == 2 and "usage" in r.stderr
 

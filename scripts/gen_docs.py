@@ -238,6 +238,11 @@ def render_model_cards() -> str:
         ]
         if card.get("commit_note"):
             rows.append(("note", card["commit_note"]))
+        if card.get("rule_change"):
+            change = ", ".join(f"{k}={v}" for k, v in card["rule_change"].items())
+            rows.append(("update rule changed after training", change))
+        if card.get("rule_change_note"):
+            rows.append(("why the rule was changed", card["rule_change_note"]))
         lines += ["| field | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in rows if v not in (None, "", "None")]
         use = (

@@ -9,7 +9,11 @@ Each ``--variant SUFFIX:FIELD=VALUE[,FIELD=VALUE...]`` writes ``OUT/<model>-<SUF
 changed (``optimus.nets.with_config``; only fields of ``optimus.meta.train.RULE_FIELDS``, so
 the parameters keep their meaning). ``optimus bench physics --params-dir OUT --methods
 <model>-<SUFFIX>,...`` and ``optimus bench --params-dir`` then run them beside the shipped
-model. The card records the source model and the change.
+model. The card keeps the source's model card (training config, steps, wall time, commit)
+and records the source and the change (``rule_change``, merged with any earlier one). An
+empty suffix (``--variant :probe=0.1``) writes ``OUT/<model>.npz`` under the source's own
+name: how ``scripts/train_pretrained.sh`` applies a shipped rule change to freshly trained
+weights.
 
 One key that is no config field: ``step_factor=F`` multiplies the Adam-like term's global
 step exp(sigma) by ``F`` (adds log F to the bias of the global head's sigma output, which
@@ -31,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="shipped model name or .npz file")
     p.add_argument("--out", required=True)
     p.add_argument("--variant", action="append", required=True, metavar="SUFFIX:FIELD=VALUE,...")
+    p.add_argument("--note", default="", help="why the rule was changed (kept in the card)")
     args = p.parse_args(argv)
 
     import equinox as eqx
@@ -40,8 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     from optimus.nets import with_config
 
     shipped = args.model in optimus.pretrained.available()
-    net = optimus.load_pretrained(args.model) if shipped else optimus.load_params(args.model)[0]
+    if shipped:
+        net, card = optimus.load_pretrained(args.model), optimus.pretrained.model_card(args.model)
+    else:
+        net, card = optimus.load_params(args.model)
     stem = args.model if shipped else Path(args.model).stem
+    kept = {k: v for k, v in card.items() if k not in ("format", "format_version", "config")}
+    kept.pop("sha256", None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for spec in args.variant:
@@ -69,13 +79,16 @@ def main(argv: list[str] | None = None) -> int:
             bias = variant.glob_head.bias.at[0].add(math.log(factor))
             variant = eqx.tree_at(lambda n: n.glob_head.bias, variant, bias)
             change["step_factor"] = factor
-        path = optimus.save_params(
-            out / f"{stem}-{suffix}.npz",
-            variant,
-            name=f"{stem}-{suffix}",
-            source=args.model,
-            rule_change=change,
-        )
+        name = f"{stem}-{suffix}" if suffix else stem
+        meta = {
+            **kept,
+            "name": name,
+            "source": args.model if suffix else card.get("source", stem),
+            "rule_change": {**card.get("rule_change", {}), **change},
+        }
+        if args.note:
+            meta["rule_change_note"] = args.note
+        path = optimus.save_params(out / f"{name}.npz", variant, **meta)
         print(f"wrote {path}: {change}")
     return 0
 

@@ -202,6 +202,33 @@ def test_box_step_scale_measures_the_adam_like_term_in_box_units():
             state = new_bb
 
 
+def test_probe_sets_the_first_step_only():
+    """``probe = p``: the first step is -g scaled to RMS length p over the valid coordinates
+    (padding untouched); every later step is the network's, given the same state."""
+    import dataclasses
+
+    net = _net("optimus")
+    probed = with_config(net, dataclasses.replace(net.config, probe=0.1))
+    mask = jnp.array([True] * 5 + [False])
+    x0 = jnp.array([0.3, -0.2, 0.5, 0.1, -0.4, 0.0])
+    f, g = jax.value_and_grad(_quad)(x0)
+    g = jnp.where(mask, g, 0)
+    first = learned_update(probed, learned_init(probed, x0, mask), f, g)
+    step = np.asarray(x0 - first.x)
+    rms = float(np.sqrt(np.sum(np.asarray(g) ** 2) / 5))
+    np.testing.assert_allclose(step, np.asarray(g) * (0.1 / rms), rtol=1e-5, atol=1e-7)
+    assert step[5] == 0
+    assert np.sqrt(np.mean(step[:5] ** 2)) == pytest.approx(0.1, rel=1e-5)
+    own = learned_update(net, learned_init(net, x0, mask), f, g)
+    assert np.sqrt(np.mean(np.asarray(x0 - own.x)[:5] ** 2)) < 1e-3  # the network's probe
+    f1, g1 = jax.value_and_grad(_quad)(first.x)
+    g1 = jnp.where(mask, g1, 0)
+    np.testing.assert_array_equal(  # the second step is the network's
+        np.asarray(learned_update(probed, first, f1, g1).x),
+        np.asarray(learned_update(net, first, f1, g1).x),
+    )
+
+
 def _bfgs_reference(H, s, y, scaling="asymmetric"):
     """BFGS with the scalings of F.bfgs_inverse_update, textbook product form, float64
     NumPy."""
@@ -343,6 +370,9 @@ def test_unknown_bfgs_scaling_is_refused():
         (dict(backtrack="cubic"), "unknown backtrack"),
         (dict(num_inducing=0), "num_inducing"),
         (dict(step_scale="adam"), "unknown step_scale"),
+        (dict(probe=-0.1), "probe"),
+        (dict(probe=float("nan")), "probe"),
+        (dict(probe=float("inf")), "probe"),
     ],
 )
 def test_bad_network_config_is_refused(bad, match):

@@ -76,3 +76,68 @@ def test_bench_validation_scores_with_the_benchmark_metric(tmp_path):
     assert f"| rastrigin | 2 | {want:.2f} |" in text
     with pytest.raises(SystemExit, match="seed-start"):
         mod.main(["optimus", "--seed-start", "3"])
+
+
+def test_rule_variants_keeps_the_card_and_records_the_change(tmp_path):
+    """``--variant :FIELD=V`` rewrites a model under its own name (how a shipped rule change
+    is applied after training): same weights and sha256, the training card kept, the change
+    recorded and merged with an earlier one; a suffix writes ``<stem>-<suffix>``."""
+    import optimus
+
+    mod = _script("rule_variants")
+    src = tmp_path / "src"
+    assert mod.main(["mlp", "--out", str(src), "--variant", ":accept_window=3"]) == 0
+    first = json.loads((src / "mlp.json").read_text())
+    shipped = optimus.pretrained.model_card("mlp")
+    assert first["sha256"] == shipped["sha256"]
+    assert first["outer_steps"] == shipped["outer_steps"]  # the training card is kept
+    assert first["name"] == "mlp" and first["config"]["accept_window"] == 3
+    out = tmp_path / "out"
+    args = [str(src / "mlp.npz"), "--out", str(out), "--note", "why"]
+    assert mod.main([*args, "--variant", "p:probe=0.25", "--variant", ":probe=0.5"]) == 0
+    named = json.loads((out / "mlp-p.json").read_text())
+    assert named["name"] == "mlp-p" and named["rule_change"] == {"accept_window": 3, "probe": 0.25}
+    same = json.loads((out / "mlp.json").read_text())
+    assert same["rule_change"] == {"accept_window": 3, "probe": 0.5}
+    assert same["source"] == "mlp" and same["rule_change_note"] == "why"
+    net, _ = optimus.load_params(out / "mlp.npz")  # sha256 verified on load
+    assert net.config.probe == 0.5 and net.config.accept_window == 3
+    with pytest.raises(SystemExit, match="not an update-rule field"):
+        mod.main(["mlp", "--out", str(out), "--variant", "x:width=8"])
+
+
+def test_variant_targets_counts_cells_as_the_report_does(tmp_path):
+    mod = _script("variant_targets")
+    header = "method,function,variant,dim,seed,log10_best\n"
+    ref = {  # (function, n): adam, sgdm, bfgs, lbfgs, optimus
+        ("sphere", 2): (-5, -6, -30, -30, -30),
+        ("quadratic", 10): (1, 0, -26, -5, -16),
+        ("rastrigin", 10): (2.1, 2.2, 2.2, 2.3, 2.15),
+    }
+    methods = ("adam", "sgdm", "bfgs", "lbfgs", "optimus")
+    rows = [
+        f"{m},{f},transformed,{n},{s},{v[i] + 0.1 * (s - 0.5)}"
+        for (f, n), v in ref.items()
+        for i, m in enumerate(methods)
+        for s in (0, 1)  # two seeds whose mean is the value above
+    ]
+    (tmp_path / "ref.csv").write_text(header + "\n".join(rows) + "\n")
+    var = [
+        f"optimus,{f},transformed,{n},0,{v}"
+        for (f, n), v in {
+            ("sphere", 2): -30,
+            ("quadratic", 10): -25.5,
+            ("rastrigin", 10): 1.5,
+        }.items()
+    ]
+    (tmp_path / "v.csv").write_text(header + "\n".join(var) + "\n")
+    out = tmp_path / "t.md"
+    assert mod.main([str(tmp_path / "ref.csv"), f"v={tmp_path / 'v.csv'}", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    # reference: beats Adam/SGD-m in 2 of 3 (not rastrigin: 2.15 > 2.1); BFGS/L-BFGS in 1
+    # (rastrigin 2.15 < 2.2); margin 2.2 - 2.15; quadratic 11 decades behind BFGS
+    assert "| reference | +0.000 | n/a | 2/3 | 1/3 | +0.05 | 1/2 |" in lines
+    # the variant: sphere tied (not lower), quadratic within 1 decade, rastrigin ahead
+    assert "| v | -3.383 | n/a | 3/3 | 1/3 | +0.70 | 2/2 |" in lines  # (0 - 9.5 - 0.65) / 3
+    with pytest.raises(SystemExit, match="NAME=RESULTS"):
+        mod.main([str(tmp_path / "ref.csv"), "nonsense"])

@@ -474,6 +474,7 @@ RULE_FIELDS = (
     "step_scale",
     "accept_window",
     "bfgs_h0",
+    "probe",
 )
 
 

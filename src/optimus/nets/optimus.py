@@ -32,6 +32,7 @@ With ``precondition=False`` the rank-one branch is unused and :math:`B = I` (the
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import equinox as eqx
 import jax
@@ -99,6 +100,10 @@ class NetConfig:
     # of the box, so exp(sigma) is an absolute step as Adam's learning rate is (for rough
     # objectives whose secant pairs carry no curvature, e.g. the physics windows)
     step_scale: str = "bb"
+    # length of the first step (RMS, in box half-widths) along -g; 0: the network's own
+    # first step (a tiny probe). A long first step gives a secant pair that averages over
+    # small-scale ripples (optimus.optimizers.learned)
+    probe: float = 0.0
 
     def __post_init__(self):
         if self.kind not in ("optimus", "mlp"):
@@ -115,6 +120,8 @@ class NetConfig:
             raise ValueError(f"unknown step_scale {self.step_scale!r}; expected 'bb' or 'box'")
         if self.accept_window < 1:
             raise ValueError(f"NetConfig.accept_window must be >= 1, got {self.accept_window}")
+        if not (math.isfinite(self.probe) and self.probe >= 0):
+            raise ValueError(f"NetConfig.probe must be a finite number >= 0, got {self.probe}")
         if self.num_inducing < 1:
             raise ValueError(f"NetConfig.num_inducing must be >= 1, got {self.num_inducing}")
         for name in ("width", "num_heads", "mlp_ratio", "hidden"):

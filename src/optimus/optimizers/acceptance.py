@@ -11,8 +11,10 @@ Let :math:`x_b` be the last *accepted* point (the best one under this monotone r
 trial point :math:`x` with value :math:`f` and gradient :math:`g`:
 
 * **accept** when :math:`f` and :math:`g` are finite and :math:`f \le f_b`, or during the
-  first ``warmup`` accepted steps (the first learned step is a tiny probe whose only job is
-  to produce a secant pair, so it must not be judged by its objective): the inner
+  first ``warmup`` accepted steps (the first learned step is a probe whose job is to
+  produce a secant pair, tiny or of length ``NetConfig.probe``, so it must not be judged by
+  its objective; a long probe that lands higher is still the point the next step starts
+  from, and :func:`optimus.minimize` returns the best point seen either way): the inner
   optimizer is updated with :math:`(f, g)` and proposes the next trial point;
   :math:`x_b \leftarrow x`;
 * **reject** otherwise (an increase, or a non-finite value or gradient): the inner state

@@ -76,6 +76,17 @@ def test_shipped_models_load_and_verify():
         optimus.load_pretrained("does-not-exist")
 
 
+def test_shipped_rule_changes_are_recorded_in_the_cards():
+    """The function-trained models run with the 0.1 first step chosen after training, and
+    their cards say so; the physics fine-tune runs with its own first step."""
+    for name in ("optimus", "optimus-noprecond", "mlp"):
+        card = optimus.pretrained.model_card(name)
+        assert card["rule_change"] == {"probe": 0.1} and card["rule_change_note"], name
+        assert optimus.load_pretrained(name).config.probe == 0.1
+    assert optimus.load_pretrained("optimus-humanoid").config.probe == 0.0
+    assert "rule_change" not in optimus.pretrained.model_card("optimus-humanoid")
+
+
 @pytest.mark.skipif("optimus" not in pretrained.available(), reason="weights not shipped yet")
 def test_default_method_uses_the_pretrained_optimus():
     res = optimus.minimize(

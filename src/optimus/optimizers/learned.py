@@ -27,8 +27,8 @@ One iteration, given :math:`f_t = f(x_t)` and :math:`g_t = \nabla f(x_t)`:
 :math:`x_1 = x_0 - p\, g_0 / \mathrm{rms}(g_0)`, RMS length :math:`p` box half-widths,
 instead of the network's own first step, a tiny probe of about :math:`10^{-5}` whose only
 job is to produce a secant pair. A long first step gives a secant pair that averages the
-curvature over ripples of a smaller scale (the bowl of Rastrigin or Levy rather than the
-nearest local minimum), much as scipy's BFGS starts its first line search with a step of
+curvature over ripples of a smaller scale (the bowl of Ackley, Levy or Griewank rather
+than the nearest ripple; it does not find lower basins of Rastrigin), much as scipy's BFGS starts its first line search with a step of
 Euclidean length about 1. The acceptance layer's warm-up accepts it whatever its value, and
 every later step is the network's. The shipped function-trained models run with
 :math:`p = 0.1`, chosen on validation problems after meta-training without it

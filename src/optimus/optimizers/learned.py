@@ -28,12 +28,12 @@ One iteration, given :math:`f_t = f(x_t)` and :math:`g_t = \nabla f(x_t)`:
 instead of the network's own first step, a tiny probe of about :math:`10^{-5}` whose only
 job is to produce a secant pair. A long first step gives a secant pair that averages the
 curvature over ripples of a smaller scale (the bowl of Ackley, Levy or Griewank rather
-than the nearest ripple; it does not find lower basins of Rastrigin), much as scipy's BFGS starts its first line search with a step of
-Euclidean length about 1. The acceptance layer's warm-up accepts it whatever its value, and
-every later step is the network's. The shipped function-trained models run with
-:math:`p = 0.1`, chosen on validation problems after meta-training without it
-(``docs/model-cards.md``); without ``bounds`` the length is in the caller's coordinates,
-which the learned methods assume to be O(1) anyway.
+than the nearest ripple; it does not find lower basins of Rastrigin), much as scipy's
+BFGS starts its first line search with a step of Euclidean length about 1. The acceptance
+layer's warm-up accepts it whatever its value, and every later step is the network's.
+The shipped function-trained models run with :math:`p = 0.1`, chosen on validation
+problems after meta-training without it (``docs/model-cards.md``); without ``bounds`` the
+length is in the caller's coordinates, which the learned methods assume to be O(1) anyway.
 
 **Safeguard.** The network's step :math:`\Delta = B_{t+1}(a \odot d + \lambda q)` is
 rejected when it is non-finite or *wildly growing*, defined as

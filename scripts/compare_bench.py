@@ -14,19 +14,14 @@ and median difference and in how many cells B is lower, equal (|Δ| < 0.05 decad
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
-from collections import defaultdict
 from pathlib import Path
 
 
 def cells(path: str, method: str) -> dict[tuple[str, str, int], float]:
-    runs: dict[tuple[str, str, int], list[float]] = defaultdict(list)
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            if r["method"] == method:
-                runs[(r["function"], r["variant"], int(r["dim"]))].append(float(r["log10_best"]))
-    return {k: statistics.mean(v) for k, v in runs.items()}
+    from optimus.bench.run import read_cell_means
+
+    return {k[1:]: v for k, v in read_cell_means(path).items() if k[0] == method}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ Usage: ``python scripts/gen_docs.py`` (write) or ``python scripts/gen_docs.py --
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import inspect
 import re
@@ -268,15 +267,12 @@ def render_model_cards() -> str:
 
 
 def _mean_log10(path: Path, variant: str) -> dict[tuple[str, int], dict[str, float]]:
-    acc: dict[tuple[str, int, str], list[float]] = defaultdict(list)
-    with path.open() as fh:
-        for row in csv.DictReader(fh):
-            if row["variant"] != variant:
-                continue
-            acc[(row["function"], int(row["dim"]), row["method"])].append(float(row["log10_best"]))
+    from optimus.bench.run import read_cell_means
+
     out: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
-    for (func, dim, method), vals in acc.items():
-        out[(func, dim)][method] = sum(vals) / len(vals)
+    for (method, func, var, dim), mean in read_cell_means(path).items():
+        if var == variant:
+            out[(func, dim)][method] = mean
     return out
 
 

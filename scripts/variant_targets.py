@@ -23,23 +23,11 @@ These are the counts of the README's targets table, computed the same way as
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
-from collections import defaultdict
 from pathlib import Path
 
 MULTIMODAL = ("rastrigin", "levy", "ackley", "griewank")
 SMOOTH = ("sphere", "quadratic", "rosenbrock", "dixon_price", "powell")
-
-
-def cell_means(path: str | Path) -> dict[tuple[str, str, str, int], float]:
-    """Mean ``log10_best`` over seeds per (method, function, variant, dimension)."""
-    runs: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            key = (r["method"], r["function"], r["variant"], int(r["dim"]))
-            runs[key].append(float(r["log10_best"]))
-    return {k: statistics.mean(v) for k, v in runs.items()}
 
 
 def targets(ref: dict, ours: dict, method: str, variant: str = "transformed") -> dict:
@@ -88,13 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="optimus")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
-    ref = cell_means(args.reference)
+    from optimus.bench.run import read_cell_means
+
+    ref = read_cell_means(args.reference)
     rows = [("reference", ref)]
     for spec in args.variants:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise SystemExit(f"expected NAME=RESULTS.csv, got {spec!r}")
-        rows.append((name, cell_means(path)))
+        rows.append((name, read_cell_means(path)))
     lines = [
         f"`{args.method}` against the baselines of `{args.reference}` (transformed cells "
         "unless stated; Δ = mean change of log10 f against the reference run's "

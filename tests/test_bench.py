@@ -63,6 +63,20 @@ def _rows(out):
         return list(csv.DictReader(fh))
 
 
+def test_read_cell_means_averages_the_seeds_of_each_cell(tiny_run):
+    rows = _rows(tiny_run)
+    means = B.read_cell_means(tiny_run / "results.csv")
+    assert len(means) == len(METHODS) * len(FUNCS) * len(DIMS)
+    for (method, func, variant, dim), mean in means.items():
+        vals = [
+            float(r["log10_best"])
+            for r in rows
+            if (r["method"], r["function"], r["variant"], int(r["dim"]))
+            == (method, func, variant, dim)
+        ]
+        assert len(vals) == SEEDS and mean == pytest.approx(np.mean(vals), abs=1e-12)
+
+
 def test_csv_rows_columns_and_budget(tiny_run):
     with open(tiny_run / "results.csv", newline="") as fh:
         header = next(csv.reader(fh))

@@ -654,6 +654,17 @@ CSV_COLUMNS = (
 )
 
 
+def read_cell_means(path: str | Path) -> dict[tuple[str, str, str, int], float]:
+    """Mean ``log10_best`` over seeds per (method, function, variant, dimension) of a
+    ``results.csv`` written by :func:`write_csv`: the number every report compares."""
+    runs: dict[tuple[str, str, str, int], list[float]] = {}
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            key = (r["method"], r["function"], r["variant"], int(r["dim"]))
+            runs.setdefault(key, []).append(float(r["log10_best"]))
+    return {k: sum(v) / len(v) for k, v in runs.items()}
+
+
 def write_csv(results: BenchResults, path: Path) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)

@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         net, card = optimus.load_params(args.model)
     stem = args.model if shipped else Path(args.model).stem
-    kept = {k: v for k, v in card.items() if k not in ("format", "format_version", "config")}
-    kept.pop("sha256", None)
+    # the card's training fields; save_params writes format, config and sha256 afresh
+    drop = ("format", "format_version", "config", "sha256")
+    kept = {k: v for k, v in card.items() if k not in drop}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for spec in args.variant:

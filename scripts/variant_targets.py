@@ -28,12 +28,13 @@ from pathlib import Path
 
 MULTIMODAL = ("rastrigin", "levy", "ackley", "griewank")
 SMOOTH = ("sphere", "quadratic", "rosenbrock", "dixon_price", "powell")
+BASELINES = ("adam", "sgdm", "bfgs", "lbfgs")
 
 
 def targets(ref: dict, ours: dict, method: str, variant: str = "transformed") -> dict:
     """Target counts of ``method``'s cells in ``ours`` against the baselines of ``ref``."""
     cells = sorted({(f, n) for (m, f, v, n) in ours if m == method and v == variant})
-    cells = [c for c in cells if all((b, *c[:1], variant, c[1]) in ref for b in BASELINES)]
+    cells = [(f, n) for f, n in cells if all((b, f, variant, n) in ref for b in BASELINES)]
     if not cells:
         raise SystemExit(f"no {variant} cells of {method!r} with every baseline in the reference")
 
@@ -59,9 +60,6 @@ def targets(ref: dict, ours: dict, method: str, variant: str = "transformed") ->
         "smooth": within,
         "smooth_cells": len(smooth),
     }
-
-
-BASELINES = ("adam", "sgdm", "bfgs", "lbfgs")
 
 
 def mean_change(ref: dict, ours: dict, method: str, variant: str) -> str:

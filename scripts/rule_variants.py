@@ -10,7 +10,8 @@ changed (``optimus.nets.with_config``; only fields of ``optimus.meta.train.RULE_
 the parameters keep their meaning). ``optimus bench physics --params-dir OUT --methods
 <model>-<SUFFIX>,...`` and ``optimus bench --params-dir`` then run them beside the shipped
 model. The card keeps the source's model card (training config, steps, wall time, commit)
-and records the source and the change (``rule_change``, merged with any earlier one). An
+and records the source and the change (``rule_change``, merged with any earlier one; a
+``--note`` is appended to an earlier ``rule_change_note``). An
 empty suffix (``--variant :probe=0.1``) writes ``OUT/<model>.npz`` under the source's own
 name: how ``scripts/train_pretrained.sh`` applies a shipped rule change to freshly trained
 weights.
@@ -87,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             "source": args.model if suffix else card.get("source", stem),
             "rule_change": {**card.get("rule_change", {}), **change},
         }
-        if args.note:
-            meta["rule_change_note"] = args.note
+        earlier = card.get("rule_change_note", "")
+        if args.note:  # an earlier change keeps its note; the new one is appended
+            fresh = not earlier or args.note in earlier
+            meta["rule_change_note"] = args.note if fresh else f"{earlier} Then: {args.note}"
         path = optimus.save_params(out / f"{name}.npz", variant, **meta)
         print(f"wrote {path}: {change}")
     return 0

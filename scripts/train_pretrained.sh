@@ -8,6 +8,9 @@ BIN=${BIN:-.venv/bin}
 PROBE_NOTE="first step of RMS length 0.1 along -g instead of the network's own first step \
 (NetConfig.probe), applied after meta-training without it; chosen on validation seeds, see \
 bench_results/probe/README.md"
+SR1_NOTE="the quasi-Newton direction from a dense SR1 estimate instead of BFGS while SR1 predicts \
+the secant pairs better (NetConfig.sr1, margin 2), applied after meta-training without it; \
+chosen on validation seeds, see bench_results/sr1/README.md"
 for name in optimus optimus-noprecond mlp; do
   out=runs/$name
   if [ -f "$out/$name.npz" ] && [ "$(python3 -c "import json;print(json.load(open('$out/$name.json'))['outer_steps'])")" = \
@@ -19,10 +22,17 @@ for name in optimus optimus-noprecond mlp; do
     $BIN/optimus train --config configs/$name.toml --out "$out" --quiet
   fi
   cp "$out/$name.npz" "$out/$name.json" src/optimus/pretrained/
-  # the shipped update rule differs from the trained one in the first step only: a probe of
-  # RMS length 0.1 (NetConfig.probe), chosen on validation seeds after training
-  # (bench_results/probe/README.md); the weights and their sha256 stay the same
+  # the shipped update rule differs from the trained one in the first step, a probe of RMS
+  # length 0.1 (NetConfig.probe; bench_results/probe/README.md), and for optimus, the one model
+  # with a dense BFGS estimate, in the SR1 direction (NetConfig.sr1; bench_results/sr1/),
+  # both chosen on validation seeds after training; the weights and their sha256 stay the same
+  rule=":probe=0.1"
+  note="$PROBE_NOTE"
+  if [ "$name" = optimus ]; then
+    rule="$rule,sr1=true"
+    note="$PROBE_NOTE; $SR1_NOTE"
+  fi
   $BIN/python scripts/rule_variants.py src/optimus/pretrained/$name.npz --out src/optimus/pretrained \
-    --variant ":probe=0.1" --note "$PROBE_NOTE"
+    --variant "$rule" --note "$note"
 done
 echo "all pretrained models updated in src/optimus/pretrained/"

@@ -1,5 +1,8 @@
 """Properties of the learned-optimizer networks: equivariance, padding, B SPD, invariances."""
 
+import dataclasses
+import importlib
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -27,6 +30,16 @@ CONFIGS = {
     ),
     # the Adam-like term in box units (the step rule of optimus-humanoid), no step acceptance
     "optimus-box": NetConfig(width=16, depth=2, num_heads=2, secant="bfgs", step_scale="box"),
+    # the SR1 direction where it predicts better than BFGS (the shipped optimus' rule)
+    "optimus-sr1": NetConfig(
+        width=16,
+        depth=2,
+        num_heads=2,
+        attention="induced",
+        num_inducing=4,
+        secant="bfgs",
+        sr1=True,
+    ),
 }
 
 
@@ -84,6 +97,8 @@ def test_permutation_equivariance(name):
         np.testing.assert_allclose(s1.B[perm][:, perm], s2.B, rtol=2e-4, atol=1e-5)
     if s1.H is not None:
         np.testing.assert_allclose(s1.H[perm][:, perm], s2.H, rtol=2e-4, atol=1e-6)
+    if s1.sr1 is not None:
+        np.testing.assert_allclose(s1.sr1.H[perm][:, perm], s2.sr1.H, rtol=2e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -356,6 +371,99 @@ def test_rescaled_bfgs_network_runs_and_solves_a_quadratic():
     assert float(res.fun) < 1e-8 * float(f(x0))
 
 
+def test_sr1_update_satisfies_every_secant_pair_on_a_quadratic():
+    """SR1's hereditary property: on a quadratic, H y_j = s_j for every pair so far, so after
+    n independent steps H is the exact inverse Hessian, whatever the step lengths (what
+    BFGS needs exact line searches for). H stays exactly symmetric; it may be indefinite."""
+    with jax.enable_x64(True):
+        n = 6
+        key = jax.random.key(31)
+        Q, _ = jnp.linalg.qr(jax.random.normal(key, (n, n), jnp.float64))
+        A = Q @ jnp.diag(jnp.array([-2.0, 0.5, 1.0, 3.0, 10.0, 100.0])) @ Q.T  # indefinite
+        H = jnp.zeros((n, n), jnp.float64)
+        pairs = []
+        for i in range(n):
+            s = jax.random.normal(jax.random.fold_in(key, i), (n,), jnp.float64)
+            y = A @ s
+            if i == 0:  # the first pair must have positive curvature to start gamma I
+                s, y = Q[:, 3], A @ Q[:, 3]
+            H = F.sr1_inverse_update(H, s, y)
+            pairs.append((s, y))
+            for sj, yj in pairs:
+                np.testing.assert_allclose(H @ yj, sj, rtol=1e-8, atol=1e-10)
+            np.testing.assert_array_equal(H, H.T)
+        np.testing.assert_allclose(H, jnp.linalg.inv(A), rtol=1e-7, atol=1e-9)
+
+
+def test_sr1_update_skips_degenerate_pairs():
+    n = 4
+    H0 = jnp.zeros((n, n))
+    s = jnp.arange(1.0, 5.0)
+    np.testing.assert_array_equal(F.sr1_inverse_update(H0, s, -s), H0)  # no start: s^T y < 0
+    H1 = F.sr1_inverse_update(H0, s, 2 * s)  # gamma = 1/2, and the pair already holds
+    np.testing.assert_allclose(H1, 0.5 * jnp.eye(n), rtol=1e-6)
+    np.testing.assert_array_equal(F.sr1_inverse_update(H1, s, 2 * s), H1)  # v = s - H y = 0
+
+
+def _rotated_quadratic(n, kappa, seed):
+    Q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(seed), (n, n)))
+    A = Q @ jnp.diag(jnp.logspace(0, np.log10(kappa), n)) @ Q.T
+    return lambda x: 0.5 * x @ A @ x
+
+
+def test_sr1_direction_speeds_up_the_shipped_optimus_on_an_ill_conditioned_quadratic():
+    """Without a line search the BFGS estimate learns the low-curvature directions of an
+    ill-conditioned quadratic slowly; with ``sr1`` the shipped weights switch to the SR1
+    direction once it predicts the secant pairs better and reach a far lower value in the
+    same number of evaluations (bench_results/sr1/)."""
+    f = _rotated_quadratic(30, 1e4, 5)
+    x0 = jnp.ones(30)
+    net = optimus.load_pretrained("optimus")
+    finals = {}
+    for sr1 in (False, True):
+        p = with_config(net, dataclasses.replace(net.config, sr1=sr1))
+        res = optimus.minimize(f, x0, method="optimus", params=p, steps=100, gtol=0.0)
+        finals[sr1] = float(res.fun) / float(f(x0))
+    assert finals[True] < 1e-10
+    assert finals[True] < 1e-4 * finals[False]
+
+
+def test_sr1_direction_is_taken_only_while_sr1_predicts_better_and_descends():
+    """The switch of NetConfig.sr1: the SR1 direction replaces the BFGS one only after SR1
+    has predicted the secant pairs better by the margin, and only if it descends."""
+    L = importlib.import_module("optimus.optimizers.learned")
+
+    n = 5
+    A = jnp.diag(jnp.array([1.0, 2.0, 5.0, 10.0, 100.0]))
+    exact, rough = jnp.linalg.inv(A), 0.05 * jnp.eye(n)
+    g = jnp.ones(n)
+    q_bfgs = rough @ g
+    key = jax.random.key(4)
+
+    def run(H_sr1, H_bfgs, steps):
+        st = L.SR1State(H_sr1, jnp.zeros(()))
+        q = None
+        for i in range(steps):
+            s = jax.random.normal(jax.random.fold_in(key, i), (n,))
+            st, q = L._sr1_direction(st, H_bfgs, g, s, A @ s, q_bfgs, jnp.asarray(i + 1))
+        return st, q
+
+    st, q = run(exact, rough, 1)  # an exact SR1 estimate: one pair is enough
+    assert float(st.score) == -L.SR1_CLIP < -2.0
+    np.testing.assert_allclose(q, exact @ g, rtol=1e-5)  # the pair keeps it exact
+    st, q = run(rough, rough, 1)  # the same prediction: the score stays 0, BFGS is kept
+    assert float(st.score) == 0.0
+    np.testing.assert_array_equal(q, q_bfgs)
+    st, q = run(rough, exact, 3)  # BFGS predicts better: its direction stays
+    assert float(st.score) > 0
+    np.testing.assert_array_equal(q, q_bfgs)
+    # SR1 predicts better but its direction climbs: not taken
+    flipped = L.SR1State(-exact, jnp.asarray(-10.0))
+    s = jnp.zeros(n)  # no pair: nothing scored or updated
+    _, q = L._sr1_direction(flipped, rough, g, s, s, q_bfgs, jnp.asarray(3))
+    np.testing.assert_array_equal(q, q_bfgs)
+
+
 def test_unknown_bfgs_scaling_is_refused():
     with pytest.raises(ValueError, match="unknown BFGS scaling"):
         F.bfgs_inverse_update(jnp.zeros((2, 2)), jnp.ones(2), jnp.ones(2), "sr1")
@@ -373,6 +481,9 @@ def test_unknown_bfgs_scaling_is_refused():
         (dict(probe=-0.1), "probe"),
         (dict(probe=float("nan")), "probe"),
         (dict(probe=float("inf")), "probe"),
+        (dict(secant="lbfgs", sr1=True), "needs secant"),
+        (dict(secant="bfgs", sr1=True, sr1_margin=-1.0), "sr1_margin"),
+        (dict(secant="bfgs", sr1=True, sr1_margin=float("nan")), "sr1_margin"),
     ],
 )
 def test_bad_network_config_is_refused(bad, match):

@@ -99,9 +99,16 @@ def test_rule_variants_keeps_the_card_and_records_the_change(tmp_path):
     assert named["name"] == "mlp-p" and named["rule_change"] == {"accept_window": 3, "probe": 0.25}
     same = json.loads((out / "mlp.json").read_text())
     assert same["rule_change"] == {"accept_window": 3, "probe": 0.5}
-    assert same["source"] == "mlp" and same["rule_change_note"] == "why"
+    shipped_note = shipped["rule_change_note"]  # the shipped card's note is kept, "why" appended
+    assert same["source"] == "mlp" and same["rule_change_note"] == f"{shipped_note} Then: why"
     net, _ = optimus.load_params(out / "mlp.npz")  # sha256 verified on load
     assert net.config.probe == 0.5 and net.config.accept_window == 3
+    again = [str(out / "mlp.npz"), "--out", str(out), "--note", "and why"]
+    again += ["--variant", ":probe=0.2"]
+    assert mod.main(again) == 0
+    later = json.loads((out / "mlp.json").read_text())
+    assert later["rule_change"] == {"accept_window": 3, "probe": 0.2}
+    assert later["rule_change_note"] == f"{shipped_note} Then: why Then: and why"
     with pytest.raises(SystemExit, match="not an update-rule field"):
         mod.main(["mlp", "--out", str(out), "--variant", "x:width=8"])
 

@@ -475,6 +475,8 @@ RULE_FIELDS = (
     "accept_window",
     "bfgs_h0",
     "probe",
+    "sr1",
+    "sr1_margin",
 )
 
 

@@ -104,6 +104,13 @@ class NetConfig:
     # first step (a tiny probe). A long first step gives a secant pair that averages over
     # small-scale ripples (optimus.optimizers.learned)
     probe: float = 0.0
+    # with secant = "bfgs": also keep a dense SR1 estimate and take its direction instead of
+    # BFGS's while it predicts the secant pairs clearly better (optimus.optimizers.learned);
+    # SR1 needs no line search to learn a quadratic exactly
+    sr1: bool = False
+    # with sr1: how much better (decaying sum of log error ratios) SR1 must have predicted
+    # the secant pairs before its direction is taken; 2 was chosen on validation seeds
+    sr1_margin: float = 2.0
 
     def __post_init__(self):
         if self.kind not in ("optimus", "mlp"):
@@ -122,6 +129,12 @@ class NetConfig:
             raise ValueError(f"NetConfig.accept_window must be >= 1, got {self.accept_window}")
         if not (math.isfinite(self.probe) and self.probe >= 0):
             raise ValueError(f"NetConfig.probe must be a finite number >= 0, got {self.probe}")
+        if not (math.isfinite(self.sr1_margin) and self.sr1_margin >= 0):
+            raise ValueError(
+                f"NetConfig.sr1_margin must be a finite number >= 0, got {self.sr1_margin}"
+            )
+        if self.sr1 and self.secant != "bfgs":
+            raise ValueError("NetConfig.sr1 needs secant = 'bfgs' (a dense estimate)")
         if self.num_inducing < 1:
             raise ValueError(f"NetConfig.num_inducing must be >= 1, got {self.num_inducing}")
         for name in ("width", "num_heads", "mlp_ratio", "hidden"):

@@ -78,11 +78,16 @@ def test_shipped_models_load_and_verify():
 
 def test_shipped_rule_changes_are_recorded_in_the_cards():
     """The function-trained models run with the 0.1 first step chosen after training, and
-    their cards say so; the physics fine-tune runs with its own first step."""
+    optimus (the one with a dense estimate) with the SR1 direction; their cards say so. The
+    physics fine-tune runs with its own first step and BFGS only."""
     for name in ("optimus", "optimus-noprecond", "mlp"):
         card = optimus.pretrained.model_card(name)
-        assert card["rule_change"] == {"probe": 0.1} and card["rule_change_note"], name
-        assert optimus.load_pretrained(name).config.probe == 0.1
+        want = {"probe": 0.1, "sr1": True} if name == "optimus" else {"probe": 0.1}
+        assert card["rule_change"] == want and card["rule_change_note"], name
+        config = optimus.load_pretrained(name).config
+        assert config.probe == 0.1 and config.sr1 == (name == "optimus")
+    assert "bench_results/sr1" in optimus.pretrained.model_card("optimus")["rule_change_note"]
+    assert not optimus.load_pretrained("optimus-humanoid").config.sr1
     assert optimus.load_pretrained("optimus-humanoid").config.probe == 0.0
     assert "rule_change" not in optimus.pretrained.model_card("optimus-humanoid")
 

@@ -445,7 +445,7 @@ def test_sr1_direction_is_taken_only_while_sr1_predicts_better_and_descends():
         q = None
         for i in range(steps):
             s = jax.random.normal(jax.random.fold_in(key, i), (n,))
-            st, q = L._sr1_direction(st, H_bfgs, g, s, A @ s, q_bfgs, jnp.asarray(i + 1))
+            st, q = L._sr1_direction(st, H_bfgs, g, s, A @ s, q_bfgs, jnp.asarray(i + 1), 2.0)
         return st, q
 
     st, q = run(exact, rough, 1)  # an exact SR1 estimate: one pair is enough
@@ -460,7 +460,7 @@ def test_sr1_direction_is_taken_only_while_sr1_predicts_better_and_descends():
     # SR1 predicts better but its direction climbs: not taken
     flipped = L.SR1State(-exact, jnp.asarray(-10.0))
     s = jnp.zeros(n)  # no pair: nothing scored or updated
-    _, q = L._sr1_direction(flipped, rough, g, s, s, q_bfgs, jnp.asarray(3))
+    _, q = L._sr1_direction(flipped, rough, g, s, s, q_bfgs, jnp.asarray(3), 2.0)
     np.testing.assert_array_equal(q, q_bfgs)
 
 

@@ -191,7 +191,7 @@ def _dense_apply(H, v: jax.Array) -> jax.Array:
     return H @ v
 
 
-def _sr1_direction(sr1: SR1State, H_bfgs, g, s, y, q, t, margin: float = 2.0):
+def _sr1_direction(sr1: SR1State, H_bfgs, g, s, y, q, t, margin: float):
     """Score the two estimates on the new pair ``(s, y)``, update the SR1 estimate with it
     and return ``(sr1, q)``: ``q`` becomes the SR1 direction when SR1 has been the better
     predictor by the margin and gives a sufficient descent direction (module docstring).
@@ -238,14 +238,12 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
         acc = F.update_accumulators(state.acc, g)
         if isinstance(state.H, F.RescaledBFGS):
             H_new = F.bfgs_rescaled_update(state.H, s, y)
-            q = F.bfgs_rescaled_direction(H_new, g)
         else:
             H_new = F.bfgs_inverse_update(state.H, s, y)
-            q = H_new @ g
+        q = _dense_apply(H_new, g)
     sr1 = state.sr1
     if sr1 is not None:
-        margin = float(getattr(net.config, "sr1_margin", 2.0))
-        sr1, q = _sr1_direction(sr1, state.H, g, s, y, q, state.t, margin)
+        sr1, q = _sr1_direction(sr1, state.H, g, s, y, q, state.t, net.config.sr1_margin)
     feats = F.coordinate_features(g, acc, s, y, By, dx, q, mask)
     glob = F.global_features(state.t, value, f_prev, f0, g, g_prev, s, y, dx, q, mask)
     out = net(feats, glob, mask)

@@ -11,6 +11,10 @@ bench_results/probe/README.md"
 SR1_NOTE="the quasi-Newton direction from a dense SR1 estimate instead of BFGS while SR1 predicts \
 the secant pairs better (NetConfig.sr1, margin 2), applied after meta-training without it; \
 chosen on validation seeds, see bench_results/sr1/README.md"
+RESTART_NOTE="at a stall of the step acceptance's backtracking at floating-point resolution, a \
+restart 0.1 box half-widths from the best point along a pseudo-random +-1 vector \
+(NetConfig.restart), applied after meta-training without it; chosen on validation seeds, see \
+bench_results/restart/README.md"
 for name in optimus optimus-noprecond mlp; do
   out=runs/$name
   if [ -f "$out/$name.npz" ] && [ "$(python3 -c "import json;print(json.load(open('$out/$name.json'))['outer_steps'])")" = \
@@ -23,14 +27,15 @@ for name in optimus optimus-noprecond mlp; do
   fi
   cp "$out/$name.npz" "$out/$name.json" src/optimus/pretrained/
   # the shipped update rule differs from the trained one in the first step, a probe of RMS
-  # length 0.1 (NetConfig.probe; bench_results/probe/README.md), and for optimus, the one model
-  # with a dense BFGS estimate, in the SR1 direction (NetConfig.sr1; bench_results/sr1/),
-  # both chosen on validation seeds after training; the weights and their sha256 stay the same
-  rule=":probe=0.1"
-  note="$PROBE_NOTE"
+  # length 0.1 (NetConfig.probe; bench_results/probe/README.md), in restarts at stalls
+  # (NetConfig.restart; bench_results/restart/), and for optimus, the one model with a dense
+  # BFGS estimate, in the SR1 direction (NetConfig.sr1; bench_results/sr1/), all chosen on
+  # validation seeds after training; the weights and their sha256 stay the same
+  rule=":probe=0.1,restart=0.1"
+  note="$PROBE_NOTE; $RESTART_NOTE"
   if [ "$name" = optimus ]; then
     rule="$rule,sr1=true"
-    note="$PROBE_NOTE; $SR1_NOTE"
+    note="$PROBE_NOTE; $SR1_NOTE; $RESTART_NOTE"
   fi
   $BIN/python scripts/rule_variants.py src/optimus/pretrained/$name.npz --out src/optimus/pretrained \
     --variant "$rule" --note "$note"

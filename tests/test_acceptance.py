@@ -15,12 +15,19 @@ from optimus.nets.optimus import NetConfig
 from optimus.optimizers.acceptance import (
     BACKTRACK,
     INTERP_MIN,
+    STALL_ULPS,
     WARMUP,
     AcceptState,
     accept_init,
     accept_update,
 )
-from optimus.optimizers.learned import learned, learned_init, learned_update, model_init
+from optimus.optimizers.learned import (
+    learned,
+    learned_init,
+    learned_update,
+    model_init,
+    model_update,
+)
 
 
 class GD(eqx.Module):
@@ -256,3 +263,154 @@ def test_step_memory_leaves_a_descent_run_unchanged():
     _, mem = _drive_memory(gd_update(0.1), accept_init(gd_init(x0)), f, 10)
     np.testing.assert_array_equal(np.asarray(plain[-1].x), np.asarray(mem[-1].x))
     assert float(mem[-1].trust) == 1.0
+
+
+def _ascent(lr):
+    """An inner optimizer that always proposes an uphill step: after the warm-up every
+    trial point is rejected and backtracking shrinks towards the best point until it
+    stalls at floating-point resolution."""
+
+    def update(s, value, grad):
+        del value
+        return GD(x=s.x + lr * grad, t=s.t + 1, nit=s.nit + 1, failed=s.failed)
+
+    return update
+
+
+def test_restart_fires_at_a_stall_from_the_home_point_and_is_accepted_whatever_its_value():
+    def f(x):
+        return jnp.sum(x**2)
+
+    x0 = jnp.array([1.0, -2.0])
+    jump = jnp.array([3.0, 3.0])
+
+    def restart(inner, x_home, count):
+        return x_home + jump
+
+    plain = drive(_ascent(0.1), accept_init(gd_init(x0)), f, 40)
+    with_restart = drive(
+        _ascent(0.1), accept_init(gd_init(x0), restart=True), f, 40, restart=restart
+    )
+    xs, fs, states = with_restart
+    # the warm-up accepts x0 and the uphill x1 = 1.2 x0; x0 stays home (the best value)
+    np.testing.assert_array_equal(np.asarray(states[1].x_home), np.asarray(x0))
+    assert float(states[1].f_home) == float(f(x0))
+    x1 = np.asarray(states[1].x_best)
+    eps = np.finfo(np.float32).eps
+    stalls = [
+        i
+        for i in range(len(xs) - 1)
+        if np.all(np.abs(xs[i + 1] - np.asarray(x0) - np.asarray(jump)) == 0)
+    ]
+    assert stalls, "no restart point was proposed"
+    i = stalls[0]
+    # up to the stall the run is the plain one, bit for bit
+    for a, b in zip(plain[0][: i + 1], xs[: i + 1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the rejected trial point before it was backtracked to within STALL_ULPS ulps of x1,
+    # and the plain run never gets below f(x1) again
+    pulled = x1 + BACKTRACK * (xs[i] - x1)
+    assert np.all(np.abs(pulled - x1) <= STALL_ULPS * eps * np.abs(x1))
+    assert all(float(s.f_best) == float(f(x1)) for s in plain[2][i:])
+    # the restart point x0 + jump (f = 17) is accepted although f(x1) = 7.2 is lower
+    assert fs[i + 1] > float(states[i].f_best)
+    assert float(states[i + 1].f_best) == fs[i + 1]
+    np.testing.assert_array_equal(np.asarray(states[i + 1].x_home), np.asarray(x0))
+    # the window is back to normal: the next uphill proposal is rejected again
+    assert int(states[i + 2].n_reject) == int(states[i + 1].n_reject) + 1
+
+
+def test_restart_leaves_a_run_without_stalls_unchanged():
+    def f(x):
+        return jnp.sum((x - 0.3) ** 2)
+
+    def restart(inner, x_home, count):
+        return x_home + 1.0
+
+    x0 = jnp.array([1.0, -1.0, 0.5])
+    _, _, plain = drive(gd_update(1.5), accept_init(gd_init(x0)), f, 12)
+    _, _, hop = drive(
+        gd_update(1.5), accept_init(gd_init(x0), restart=True), f, 12, restart=restart
+    )
+    assert int(plain[-1].n_reject) > 0  # backtracking happened, but never down to rounding
+    for a, b in zip(plain, hop, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.x), np.asarray(b.x))
+        assert float(a.f_best) == float(b.f_best)
+
+
+def test_restart_needs_a_state_that_keeps_the_home_point():
+    state = accept_init(gd_init(jnp.array([1.0])))
+    with pytest.raises(ValueError, match="restart=True"):
+        accept_update(
+            gd_update(0.1), state, jnp.asarray(1.0), jnp.array([2.0]), restart=lambda i, x, c: x
+        )
+
+
+def test_restart_of_the_shipped_optimus_uses_the_budget_a_stalled_run_wastes():
+    """Rastrigin at n = 10 (benchmark seed 0): without restarts the shipped weights stall in
+    a local minimum and spend the rest of the 100 evaluations within rounding of it; with
+    ``restart = 0.1`` the stalled evaluations become restarts 0.1 box half-widths from the
+    best point (bench_results/restart/)."""
+    from optimus.bench.run import _problem
+    from optimus.nets import with_config
+
+    problem, x0 = _problem("rastrigin", "transformed", 10, 0, tuning=False)
+    vg = jax.jit(jax.value_and_grad(problem.unit_objective))
+    shipped = optimus.load_pretrained("optimus")
+    trials = {}
+    for r in (0.0, 0.1):
+        net = with_config(shipped, dataclasses.replace(shipped.config, restart=r))
+        upd = jax.jit(lambda s, v, g, net=net: model_update(net, s, v, g))
+        st = model_init(net, problem.to_unit(x0))
+        xs, bests = [], []
+        for _ in range(100):
+            v, g = vg(st.x)
+            xs.append(np.asarray(st.x))
+            st = upd(st, v, g)
+            bests.append(np.asarray(st.x_best))
+        trials[r] = (np.array(xs), np.array(bests), float(st.f_best))
+    xs, bests, _ = trials[0.0]
+    far = np.max(np.abs(xs[1:] - bests[:-1]), axis=1)
+    assert np.all(far[40:] < 1e-5)  # stalled: the last 60 trial points are at rounding level
+    xs_r, bests_r, _ = trials[0.1]
+    far_r = np.max(np.abs(xs_r[1:] - bests_r[:-1]), axis=1)
+    # restarts: trial points ~0.1 away from the best point, as the restart rule places them
+    assert np.sum(np.abs(far_r[40:] - 0.1) < 0.05) >= 1
+    assert np.all(np.isfinite(xs_r))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(monotone=True, restart=-0.1), "restart"),
+        (dict(monotone=True, restart=float("nan")), "restart"),
+        (dict(monotone=True, restart=float("inf")), "restart"),
+        (dict(monotone=False, restart=0.1), "needs monotone"),
+    ],
+)
+def test_bad_restart_config_is_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        NetConfig(**bad)
+
+
+def test_restart_point_ignores_padding():
+    """The restart vector is drawn per coordinate index: a padded problem restarts its valid
+    coordinates exactly as the unpadded one, and padding never moves."""
+    from optimus.optimizers.learned import _restart_point
+
+    cfg = NetConfig(width=8, depth=1, num_heads=2, monotone=True, restart=0.1)
+    net = build_net(cfg, jax.random.key(0))
+    point = _restart_point(net)
+    n, pad = 5, 12
+    home = jnp.linspace(-0.5, 0.5, n)
+    a = point(learned_init(net, home), home, jnp.int32(7))
+    homep = jnp.concatenate([home, jnp.full(pad - n, 3.0)])
+    b = point(learned_init(net, homep, jnp.arange(pad) < n), homep, jnp.int32(7))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[:n])
+    np.testing.assert_array_equal(np.asarray(b)[n:], np.asarray(homep)[n:])
+    np.testing.assert_allclose(np.abs(np.asarray(a) - np.asarray(home)), 0.1, rtol=1e-6)
+    c = point(learned_init(net, home), home, jnp.int32(8))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))  # another counter, another draw
+    assert (
+        _restart_point(build_net(dataclasses.replace(cfg, restart=0.0), jax.random.key(0))) is None
+    )

@@ -96,9 +96,10 @@ def test_rule_variants_keeps_the_card_and_records_the_change(tmp_path):
     args = [str(src / "mlp.npz"), "--out", str(out), "--note", "why"]
     assert mod.main([*args, "--variant", "p:probe=0.25", "--variant", ":probe=0.5"]) == 0
     named = json.loads((out / "mlp-p.json").read_text())
-    assert named["name"] == "mlp-p" and named["rule_change"] == {"accept_window": 3, "probe": 0.25}
+    base = {**shipped["rule_change"], "accept_window": 3}  # merged with the shipped change
+    assert named["name"] == "mlp-p" and named["rule_change"] == {**base, "probe": 0.25}
     same = json.loads((out / "mlp.json").read_text())
-    assert same["rule_change"] == {"accept_window": 3, "probe": 0.5}
+    assert same["rule_change"] == {**base, "probe": 0.5}
     shipped_note = shipped["rule_change_note"]  # the shipped card's note is kept, "why" appended
     assert same["source"] == "mlp" and same["rule_change_note"] == f"{shipped_note} Then: why"
     net, _ = optimus.load_params(out / "mlp.npz")  # sha256 verified on load
@@ -107,7 +108,7 @@ def test_rule_variants_keeps_the_card_and_records_the_change(tmp_path):
     again += ["--variant", ":probe=0.2"]
     assert mod.main(again) == 0
     later = json.loads((out / "mlp.json").read_text())
-    assert later["rule_change"] == {"accept_window": 3, "probe": 0.2}
+    assert later["rule_change"] == {**base, "probe": 0.2}
     assert later["rule_change_note"] == f"{shipped_note} Then: why Then: and why"
     with pytest.raises(SystemExit, match="not an update-rule field"):
         mod.main(["mlp", "--out", str(out), "--variant", "x:width=8"])

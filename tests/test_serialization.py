@@ -77,18 +77,23 @@ def test_shipped_models_load_and_verify():
 
 
 def test_shipped_rule_changes_are_recorded_in_the_cards():
-    """The function-trained models run with the 0.1 first step chosen after training, and
-    optimus (the one with a dense estimate) with the SR1 direction; their cards say so. The
-    physics fine-tune runs with its own first step and BFGS only."""
+    """The function-trained models run with the 0.1 first step and restarts at stalls, both
+    chosen after training, and optimus (the one with a dense estimate) with the SR1
+    direction; their cards say so. The physics fine-tune runs with its own first step, BFGS
+    only and no restarts."""
     for name in ("optimus", "optimus-noprecond", "mlp"):
         card = optimus.pretrained.model_card(name)
-        want = {"probe": 0.1, "sr1": True} if name == "optimus" else {"probe": 0.1}
+        want = {"probe": 0.1, "restart": 0.1}
+        if name == "optimus":
+            want["sr1"] = True
         assert card["rule_change"] == want and card["rule_change_note"], name
+        assert "bench_results/restart" in card["rule_change_note"], name
         config = optimus.load_pretrained(name).config
         assert config.probe == 0.1 and config.sr1 == (name == "optimus")
+        assert config.restart == 0.1
     assert "bench_results/sr1" in optimus.pretrained.model_card("optimus")["rule_change_note"]
-    assert not optimus.load_pretrained("optimus-humanoid").config.sr1
-    assert optimus.load_pretrained("optimus-humanoid").config.probe == 0.0
+    humanoid = optimus.load_pretrained("optimus-humanoid").config
+    assert not humanoid.sr1 and humanoid.probe == 0.0 and humanoid.restart == 0.0
     assert "rule_change" not in optimus.pretrained.model_card("optimus-humanoid")
 
 

@@ -477,6 +477,7 @@ RULE_FIELDS = (
     "probe",
     "sr1",
     "sr1_margin",
+    "restart",
 )
 
 

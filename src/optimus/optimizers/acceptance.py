@@ -66,6 +66,23 @@ is then the last accepted point (not necessarily the best), and backtracking pul
 it as above. ``window = 1`` is the monotone rule exactly. The best point seen is what
 :func:`optimus.minimize` returns either way.
 
+**Restarts** (optional, ``restart=`` a function giving the restart point;
+``NetConfig.restart``; ours). Once a local method has converged, backtracking stalls at
+floating-point resolution: the pulled-back trial point lies within ``STALL_ULPS`` = 4 ulps
+of :math:`x_b` in every coordinate, is rejected again, and every remaining evaluation of a
+fixed budget is spent on the same few points (on Rastrigin at n = 10 from about evaluation
+20 of 100). At such a stall the layer instead proposes a restart point (for the learned
+optimizers :math:`x_h + r\,\xi`, :math:`\xi \in \{-1, 1\}^n` pseudo-random from a counter,
+:math:`r` = ``NetConfig.restart`` box half-widths) around the *home* point :math:`x_h`, the
+best accepted point since the start, and accepts it whatever its value; the inner optimizer
+keeps its state (its curvature estimates) and descends from there, and the window then
+judges against the restart's value. The best point seen is still what
+:func:`optimus.minimize` returns, so a restart can lose only what the stalled
+evaluations might still have found: rounding sometimes lets a stalled run slip into a
+lower basin, and a restart takes that chance away. Meant for fixed budgets (benchmarks,
+the physics windows): a run that :func:`optimus.minimize`'s ``gtol`` ends never gets to
+use them.
+
 Every evaluation, accepted or not, costs one evaluation of the budget, so comparisons at
 equal numbers of evaluations stay fair. The objective values of the accepted points never
 increase after the warm-up (with ``window = 1``). ``n_reject`` counts the rejected trial
@@ -88,6 +105,7 @@ BACKTRACK = 0.5  # beta: a rejected trial point is pulled half-way back to the b
 WARMUP = 2  # accepted steps that are never judged (the initial point and the first probe)
 INTERP_MIN = 0.1  # interpolating backtracking: smallest pull-back factor
 GROW = 1.5  # step memory: an acceptance multiplies the trust factor by this (capped at 1)
+STALL_ULPS = 4  # restarts: a pulled-back trial point this close to the best point has stalled
 
 
 class AcceptState(eqx.Module):
@@ -100,6 +118,10 @@ class AcceptState(eqx.Module):
     n_reject: jax.Array
     trust: jax.Array  # step-memory factor c in (0, 1]; stays 1 without memory
     f_window: jax.Array  # (M,) last M accepted values, newest first (-inf: none yet)
+    # restarts: the best accepted point since the start and its value, where the next
+    # restart starts from (None without restarts)
+    x_home: jax.Array | None = None
+    f_home: jax.Array | None = None
 
     @property
     def x(self) -> jax.Array:
@@ -126,10 +148,10 @@ class AcceptState(eqx.Module):
         return getattr(self.inner, "B", None)
 
 
-def accept_init(inner: Any, window: int = 1) -> AcceptState:
+def accept_init(inner: Any, window: int = 1, restart: bool = False) -> AcceptState:
     """Wrap the initial state of the inner optimizer (whose ``x`` is the starting point);
     ``window``: the number of accepted values a trial point is judged against (module
-    docstring; 1 = monotone)."""
+    docstring; 1 = monotone); ``restart``: keep the best point for restarts."""
     if int(window) < 1:
         raise ValueError(f"acceptance window must be >= 1, got {window}")
     x = inner.x
@@ -141,6 +163,8 @@ def accept_init(inner: Any, window: int = 1) -> AcceptState:
         n_reject=jnp.zeros((), jnp.int32),
         trust=jnp.ones((), x.dtype),
         f_window=jnp.full((int(window),), -jnp.inf, x.dtype),
+        x_home=x if restart else None,
+        f_home=jnp.asarray(jnp.inf, x.dtype) if restart else None,
     )
 
 
@@ -153,13 +177,16 @@ def accept_update(
     steps_taken: jax.Array | None = None,
     memory: bool = False,
     interpolate: bool = False,
+    restart: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
 ) -> AcceptState:
     """Judge the trial point ``state.x`` given ``value = f(state.x)`` and ``grad``.
 
     ``update(inner, value, grad)`` is the inner optimizer's update. ``steps_taken`` is the
     number of accepted steps so far (default ``state.inner.t``), used for the warm-up.
     ``memory`` turns on the step memory, ``interpolate`` the interpolating backtracking
-    (module docstring).
+    (module docstring). ``restart(inner, x_home, count)``, given with a state made by
+    ``accept_init(..., restart=True)``, returns the restart point when backtracking has
+    stalled (``count`` differs between calls, for pseudo-random choices; module docstring).
     """
     x = state.x
     dtype = x.dtype
@@ -180,7 +207,16 @@ def accept_update(
         ok = finite & (slope < 0) & (curv > 0) & jnp.isfinite(state.f_best)
         quad = -slope / jnp.where(ok, curv, 1)
         beta = jnp.where(ok, jnp.clip(quad, INTERP_MIN, BACKTRACK), beta).astype(dtype)
-    pulled = state.x_best + beta * (x - state.x_best)
+    pulled = (state.x_best + beta * (x - state.x_best)).astype(dtype)
+    if restart is not None:
+        if state.x_home is None:
+            raise ValueError("restarts need a state made by accept_init(..., restart=True)")
+        # the pull-back is down to rounding: within a few ulps of the best point
+        eps = jnp.finfo(dtype).eps
+        near = jnp.abs(pulled - state.x_best) <= STALL_ULPS * eps * jnp.abs(state.x_best)
+        stall = ~accept & jnp.all(near)
+        pulled = jnp.where(stall, restart(state.inner, state.x_home, state.n_reject), pulled)
+        pulled = pulled.astype(dtype)
     rejected = eqx.tree_at(lambda s: s.x, state.inner, pulled)
     trust = state.trust
     if memory:
@@ -189,6 +225,17 @@ def accept_update(
         shortened = x + trust * (accepted.x - x)  # x is the new best point when accepted
         accepted = eqx.tree_at(lambda s: s.x, accepted, shortened.astype(x.dtype))
     inner = jax.tree.map(lambda a, r: jnp.where(accept, a, r), accepted, rejected)
+    rolled = jnp.roll(state.f_window, 1).at[0].set(value)
+    # +inf (a restart) accepts the next point whatever its value, then the window restarts
+    rolled = jnp.where(jnp.isposinf(rolled), value, rolled)
+    f_window = jnp.where(accept, rolled, state.f_window)
+    x_home, f_home = state.x_home, state.f_home
+    if restart is not None:
+        f_window = jnp.where(stall, jnp.inf, f_window)
+    if x_home is not None:
+        better = accept & (value < f_home)
+        x_home = jnp.where(better, x, x_home)
+        f_home = jnp.where(better, value, f_home).astype(dtype)
     return AcceptState(
         inner=inner,
         x_best=jnp.where(accept, x, state.x_best),
@@ -196,7 +243,7 @@ def accept_update(
         g_best=jnp.where(accept, safe_grad.astype(dtype), state.g_best),
         n_reject=state.n_reject + (~accept).astype(jnp.int32),
         trust=trust,
-        f_window=jnp.where(
-            accept, jnp.roll(state.f_window, 1).at[0].set(value), state.f_window
-        ).astype(dtype),
+        f_window=f_window.astype(dtype),
+        x_home=x_home,
+        f_home=f_home,
     )

@@ -6,7 +6,7 @@
 
 Each ``--variant SUFFIX:FIELD=VALUE[,FIELD=VALUE...]`` writes ``OUT/<model>-<SUFFIX>.npz``
 (+ model card): the same meta-parameters with those update-rule fields of the network config
-changed (``optimus.nets.with_config``; only fields of ``optimus.meta.train.RULE_FIELDS``, so
+changed (``optimus.nets.with_config``; only fields of ``optimus.nets.optimus.RULE_FIELDS``, so
 the parameters keep their meaning). ``optimus bench physics --params-dir OUT --methods
 <model>-<SUFFIX>,...`` and ``optimus bench --params-dir`` then run them beside the shipped
 model. The card keeps the source's model card (training config, steps, wall time, commit)
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     import equinox as eqx
 
     import optimus
-    from optimus.meta.train import RULE_FIELDS
     from optimus.nets import with_config
+    from optimus.nets.optimus import RULE_FIELDS
 
     shipped = args.model in optimus.pretrained.available()
     if shipped:

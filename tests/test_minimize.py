@@ -295,3 +295,30 @@ def test_eval_history_counts_every_evaluation():
     assert len(res.eval_history) == res.nfev > res.nit
     assert res.eval_history[-1] == pytest.approx(res.fun)
     assert np.all(np.diff(res.eval_history) <= 0)
+
+
+def test_learned_methods_take_update_rule_options():
+    """``options`` of a learned method set fields of its update rule: ``restart=0`` is the
+    shipped weights run without restarts, bit for bit, and everything else is refused."""
+    import dataclasses
+
+    from optimus import functions as fn
+    from optimus.nets import with_config
+
+    problem = fn.make_problem("rastrigin", 6, variant="transformed", key=jax.random.key(4))
+    x0 = problem.sample_x0(jax.random.key(5))
+    kw = dict(bounds=(problem.lo, problem.hi), gtol=0.0, steps=40)
+    shipped = optimus.load_pretrained("optimus")
+    assert shipped.config.restart > 0
+    local = with_config(shipped, dataclasses.replace(shipped.config, restart=0.0))
+    a = optimus.minimize(problem, x0, options={"restart": 0.0}, **kw)
+    b = optimus.minimize(problem, x0, params=local, **kw)
+    np.testing.assert_array_equal(np.asarray(a.x), np.asarray(b.x))
+    assert a.fun == b.fun and a.nfev == b.nfev
+    for method, bad, match in [
+        ("optimus", {"learning_rate": 0.1}, "only update-rule options"),
+        ("optimus", {"restart": -1.0}, "restart"),
+        ("mlp", {"sr1": True}, "needs secant"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            optimus.minimize(problem, x0, method=method, options=bad, **kw)

@@ -31,7 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from optimus.optimizers import LEARNED_METHODS, Optimizer, check_method, get_optimizer
+from optimus.optimizers import (
+    LEARNED_METHODS,
+    Optimizer,
+    check_learned_params,
+    check_method,
+    get_optimizer,
+)
 from optimus.result import OptimizeResult, Status, make_result
 
 logger = logging.getLogger("optimus.solve")
@@ -377,6 +383,27 @@ def _check_scalar_output(fun, x0_tree) -> None:
 # public entry point
 
 
+def _with_rule_options(method: str, params: Any, options: dict[str, Any]) -> Any:
+    """``params`` with the update-rule fields in ``options`` changed (learned methods)."""
+    import dataclasses
+
+    from optimus.nets import with_config
+    from optimus.nets.optimus import RULE_FIELDS
+
+    check_learned_params(method, params)
+    unknown = sorted(set(options) - set(RULE_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"method {method!r} takes only update-rule options ({', '.join(RULE_FIELDS)}), "
+            f"got {unknown}"
+        )
+    try:
+        config = dataclasses.replace(params.config, **options)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"invalid options for method {method!r}: {e}") from None
+    return with_config(params, config)
+
+
 def minimize(
     fun: Callable[..., Any],
     x0: Any,
@@ -418,7 +445,10 @@ def minimize(
             (``x``, ``fun``, ``nit``, ``nfev``); returning ``True`` or raising
             ``StopIteration`` stops the solve (status ``CALLBACK_STOP``). Runs on the host.
         gtol: stop when :math:`\|\nabla f\|_\infty \le` ``gtol`` at the best iterate.
-        options: hyper-parameters of classical methods (``learning_rate``, ``memory``, ...).
+        options: hyper-parameters of classical methods (``learning_rate``, ``memory``, ...);
+            for learned methods, fields of the update rule around the network
+            (``optimus.nets.optimus.RULE_FIELDS``), e.g. ``{"restart": 0.0}`` for a purely
+            local search without the restarts of the shipped function-trained models.
         verbose: ``False`` (default) prints nothing; ``True`` prints a progress line every 10
             iterations, an integer ``k >= 1`` every ``k`` iterations, plus one at the end. In
             the jitted loop the lines come from :func:`jax.debug.callback`; with ``verbose``
@@ -492,6 +522,9 @@ def minimize(
         from optimus.pretrained import load_pretrained
 
         params = load_pretrained(method)
+    if method in LEARNED_METHODS and options:
+        params = _with_rule_options(method, params, options)
+        options = {}
     get_optimizer(method, params=params, **options)  # validates params and options up front
     # float hyper-parameters are traced (no recompilation when tuning a learning rate);
     # everything else (ints, strings) is static

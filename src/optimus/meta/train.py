@@ -59,6 +59,7 @@ from optimus.meta.pes import (
 )
 from optimus.meta.tasks import TaskConfig, TruncatedTask, make_task
 from optimus.nets import NetConfig, build_net, with_config
+from optimus.nets.optimus import RULE_FIELDS  # update-rule fields a fine-tune may change
 from optimus.serialization import save_params
 
 
@@ -463,22 +464,6 @@ class Trainer:
     def devices(self) -> str:
         """The devices that run the particles, e.g. ``"4 × cpu"``."""
         return dist.describe(self.mesh)
-
-
-# NetConfig fields that change how the network's outputs are used, not its parameters: a
-# fine-tune may start from weights trained with other values of these
-RULE_FIELDS = (
-    "monotone",
-    "step_memory",
-    "backtrack",
-    "step_scale",
-    "accept_window",
-    "bfgs_h0",
-    "probe",
-    "sr1",
-    "sr1_margin",
-    "restart",
-)
 
 
 def initial_net(source: str, like, log_step: float | None = None, gate_logit: float | None = None):

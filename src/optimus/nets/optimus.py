@@ -58,6 +58,23 @@ INIT_LOG_STEP = float(np.log(np.float32(1e-5)))
 INIT_LAM = 0.0  # initial quasi-Newton gate logit: lam = 2 sigmoid(0) = 1
 
 
+# NetConfig fields that change how the network's outputs are used, not its parameters (the
+# update rule around the network): weights trained with one value run with another, a
+# fine-tune may change them, and optimus.minimize takes them as options of learned methods
+RULE_FIELDS = (
+    "monotone",
+    "step_memory",
+    "backtrack",
+    "step_scale",
+    "accept_window",
+    "bfgs_h0",
+    "probe",
+    "sr1",
+    "sr1_margin",
+    "restart",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class NetConfig:
     """Architecture of a learned optimizer network (serialised with the weights)."""

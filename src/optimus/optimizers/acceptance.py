@@ -79,9 +79,10 @@ keeps its state (its curvature estimates) and descends from there, and the windo
 judges against the restart's value. The best point seen is still what
 :func:`optimus.minimize` returns, so a restart can lose only what the stalled
 evaluations might still have found: rounding sometimes lets a stalled run slip into a
-lower basin, and a restart takes that chance away. Meant for fixed budgets (benchmarks,
-the physics windows): a run that :func:`optimus.minimize`'s ``gtol`` ends never gets to
-use them.
+lower basin, and a restart takes that chance away. Meant for fixed budgets: a run that
+:func:`optimus.minimize`'s ``gtol`` ends never restarts, but in float32 rounding often keeps
+the gradient above the default ``gtol`` at a local minimum, so ``minimize`` takes
+``options={"restart": 0.0}`` to keep a search local.
 
 Every evaluation, accepted or not, costs one evaluation of the budget, so comparisons at
 equal numbers of evaluations stay fair. The objective values of the accepted points never

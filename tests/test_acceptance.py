@@ -385,12 +385,20 @@ def test_restart_of_the_shipped_optimus_uses_the_budget_a_stalled_run_wastes():
         (dict(monotone=True, restart=-0.1), "restart"),
         (dict(monotone=True, restart=float("nan")), "restart"),
         (dict(monotone=True, restart=float("inf")), "restart"),
-        (dict(monotone=False, restart=0.1), "needs monotone"),
     ],
 )
 def test_bad_restart_config_is_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         NetConfig(**bad)
+
+
+def test_restart_is_ignored_without_step_acceptance():
+    """Like the other acceptance options, ``restart`` only acts inside the acceptance layer:
+    with ``monotone = False`` the model is the bare learned optimizer, restart or not."""
+    cfg = NetConfig(width=8, depth=1, num_heads=2, monotone=False, restart=0.1)
+    net = build_net(cfg, jax.random.key(0))
+    x0 = jnp.linspace(-1.0, 1.0, 5)
+    assert not isinstance(model_init(net, x0), AcceptState)
 
 
 def test_restart_point_ignores_padding():

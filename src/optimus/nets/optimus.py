@@ -129,10 +129,11 @@ class NetConfig:
     # the secant pairs before its direction is taken; 2 was chosen on validation seeds
     sr1_margin: float = 2.0
     # with monotone: when backtracking has stalled at floating-point resolution (the
-    # pulled-back trial point is within a few ulps of the best point), restart from
-    # x_b + restart * xi, xi a deterministic pseudo-random +-1 vector (RMS length `restart`
-    # box half-widths), accepted whatever its value; 0: off (optimus.optimizers.acceptance).
-    # Spends the evaluations that a converged run would waste on another basin
+    # pulled-back trial point is within a few ulps of the best point), restart from the
+    # best point so far moved by restart * xi, xi a deterministic pseudo-random +-1 vector
+    # (RMS length `restart` box half-widths), accepted whatever its value; 0: off
+    # (optimus.optimizers.acceptance). Spends the evaluations that a converged run would
+    # waste on another basin
     restart: float = 0.0
 
     def __post_init__(self):
@@ -158,8 +159,6 @@ class NetConfig:
             )
         if not (math.isfinite(self.restart) and self.restart >= 0):
             raise ValueError(f"NetConfig.restart must be a finite number >= 0, got {self.restart}")
-        if self.restart > 0 and not self.monotone:
-            raise ValueError("NetConfig.restart needs monotone = True (the acceptance layer)")
         if self.sr1 and self.secant != "bfgs":
             raise ValueError("NetConfig.sr1 needs secant = 'bfgs' (a dense estimate)")
         if self.num_inducing < 1:

@@ -360,8 +360,8 @@ def model_update(net, state: LearnedState | AcceptState, value: jax.Array, grad:
 
 def _restart_point(net):
     """``NetConfig.restart``: the restart point ``x_home + restart * xi`` of the acceptance
-    layer (``xi`` a pseudo-random ±1 vector drawn from the layer's counter, zero on padding),
-    or None when restarts are off."""
+    layer (``xi`` a pseudo-random ±1 vector drawn from the layer's counter; padding stays
+    where it is), or None when restarts are off."""
     hop = float(getattr(net.config, "restart", 0.0))
     if hop <= 0:
         return None

@@ -6,7 +6,7 @@
 
 Each ``--variant SUFFIX:FIELD=VALUE[,FIELD=VALUE...]`` writes ``OUT/<model>-<SUFFIX>.npz``
 (+ model card): the same meta-parameters with those update-rule fields of the network config
-changed (``optimus.nets.with_config``; only fields of ``optimus.nets.optimus.RULE_FIELDS``, so
+changed (``optimus.nets.with_rule``; only fields of ``optimus.nets.optimus.RULE_FIELDS``, so
 the parameters keep their meaning). ``optimus bench physics --params-dir OUT --methods
 <model>-<SUFFIX>,...`` and ``optimus bench --params-dir`` then run them beside the shipped
 model. The card keeps the source's model card (training config, steps, wall time, commit)
@@ -25,7 +25,6 @@ step exp(sigma) by ``F`` (adds log F to the bias of the global head's sigma outp
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -42,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     import equinox as eqx
 
     import optimus
-    from optimus.nets import with_config
-    from optimus.nets.optimus import RULE_FIELDS
+    from optimus.nets import with_rule
 
     shipped = args.model in optimus.pretrained.available()
     if shipped:
@@ -67,13 +65,14 @@ def main(argv: list[str] | None = None) -> int:
                 if not factor > 0:
                     raise SystemExit(f"step_factor must be > 0, got {value}")
                 continue
-            if key not in RULE_FIELDS:
-                raise SystemExit(f"{key!r} is not an update-rule field ({', '.join(RULE_FIELDS)})")
             try:  # numbers and booleans; anything else is a string ("interp", "rescale")
                 fields[key] = json.loads(value)
             except json.JSONDecodeError:
                 fields[key] = value
-        variant = with_config(net, dataclasses.replace(net.config, **fields))
+        try:
+            variant = with_rule(net, **fields)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
         change = dict(fields)
         if factor is not None:
             if not hasattr(variant, "glob_head"):

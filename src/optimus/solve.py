@@ -385,23 +385,13 @@ def _check_scalar_output(fun, x0_tree) -> None:
 
 def _with_rule_options(method: str, params: Any, options: dict[str, Any]) -> Any:
     """``params`` with the update-rule fields in ``options`` changed (learned methods)."""
-    import dataclasses
-
-    from optimus.nets import with_config
-    from optimus.nets.optimus import RULE_FIELDS
+    from optimus.nets import with_rule
 
     check_learned_params(method, params)
-    unknown = sorted(set(options) - set(RULE_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"method {method!r} takes only update-rule options ({', '.join(RULE_FIELDS)}), "
-            f"got {unknown}"
-        )
     try:
-        config = dataclasses.replace(params.config, **options)
-    except (TypeError, ValueError) as e:
+        return with_rule(params, **options)
+    except ValueError as e:
         raise ValueError(f"invalid options for method {method!r}: {e}") from None
-    return with_config(params, config)
 
 
 def minimize(

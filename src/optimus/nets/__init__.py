@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 
 from optimus.nets.mlp import MLPNet
-from optimus.nets.optimus import NetConfig, NetOutput, OptimusNet
+from optimus.nets.optimus import RULE_FIELDS, NetConfig, NetOutput, OptimusNet
 
-__all__ = ["MLPNet", "NetConfig", "NetOutput", "OptimusNet", "build_net", "with_config"]
+__all__ = [
+    "MLPNet",
+    "NetConfig",
+    "NetOutput",
+    "OptimusNet",
+    "build_net",
+    "with_config",
+    "with_rule",
+]
 
 
 def build_net(config: NetConfig, key: jax.Array) -> OptimusNet | MLPNet:
@@ -23,3 +34,16 @@ def with_config(net: OptimusNet | MLPNet, config: NetConfig) -> OptimusNet | MLP
     is a static field, so this rebuilds the network and refills its arrays in order)."""
     like = build_net(config, jax.random.key(0))
     return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(net))
+
+
+def with_rule(net: OptimusNet | MLPNet, **fields: Any) -> OptimusNet | MLPNet:
+    """``net`` with the update-rule fields ``fields`` (:data:`optimus.nets.optimus.RULE_FIELDS`)
+    of its config changed, e.g. ``with_rule(net, restart=0.0)``. Raises ``ValueError`` for a
+    field outside the update rule or a value the config refuses."""
+    unknown = sorted(set(fields) - set(RULE_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"not an update-rule field: {unknown} (only update-rule options can be changed: "
+            f"{', '.join(RULE_FIELDS)})"
+        )
+    return with_config(net, dataclasses.replace(net.config, **fields))

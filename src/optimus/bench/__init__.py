@@ -2,7 +2,7 @@
 (:mod:`optimus.bench.report`) and figures (:mod:`optimus.bench.plots`).
 
 ``optimus bench --quick`` runs a small protocol in a few minutes on 2 CPU cores; without
-``--quick`` the full protocol runs (about 40 minutes on 2 CPU cores, see the report).
+``--quick`` the full protocol runs (about 11 minutes on 2 CPU cores, see the report).
 Outputs in ``--out``: ``results.csv`` (one row per run), ``curves.npz`` (median best
 objective vs evaluations), ``report.md`` and three PNG figures.
 """

@@ -101,13 +101,14 @@ LR_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     },
 }
 
-#: Estimate of the full default run from per-run costs measured on the 2-core development
-#: machine (shared with a meta-training run), quoted in the report.
+#: Run times of the default protocol measured on the 2-core development machine (AMD EPYC,
+#: 2026-11-28), quoted in the report.
 FULL_RUNTIME_NOTE = (
-    "about 40 minutes on 2 CPU cores (9 methods, 10 functions x 3 variants x dims 2-1000, "
+    "about 11 minutes on 2 CPU cores (9 methods, 10 functions x 3 variants x dims 2-1000, "
     "10 evaluation + 2 tuning seeds; the measured total of a run is in the first line of its "
     "report, every method's wall time per evaluation in its timing table); compilation 5-50 s "
-    "per (method, dimension). `--dims 2,10,30,100,300` with two variants takes about 10 min."
+    "per (method, dimension). `--dims 2,10,30,100,300` with two variants takes about 4 min, "
+    "and with one variant and `--steps 1000` about 5.5 min."
 )
 
 

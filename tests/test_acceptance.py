@@ -15,6 +15,7 @@ from optimus.nets.optimus import NetConfig
 from optimus.optimizers.acceptance import (
     BACKTRACK,
     INTERP_MIN,
+    STALL_REL,
     STALL_ULPS,
     WARMUP,
     AcceptState,
@@ -377,6 +378,61 @@ def test_restart_of_the_shipped_optimus_uses_the_budget_a_stalled_run_wastes():
     # restarts: trial points ~0.1 away from the best point, as the restart rule places them
     assert np.sum(np.abs(far_r[40:] - 0.1) < 0.05) >= 1
     assert np.all(np.isfinite(xs_r))
+
+
+def test_restart_patience_fires_after_that_many_evaluations_without_progress():
+    """``patience = P``: the restart comes once P evaluations in a row brought no accepted
+    decrease larger than STALL_REL (relative), long before backtracking reaches rounding."""
+
+    def f(x):
+        return jnp.sum(x**2)
+
+    x0 = jnp.array([1.0, -2.0])
+    jump = jnp.array([3.0, 3.0])
+
+    def restart(inner, x_home, count):
+        return x_home + jump
+
+    def first_restart(**kw):
+        xs, _, _ = drive(
+            _ascent(0.1), accept_init(gd_init(x0), restart=True), f, 60, restart=restart, **kw
+        )
+        hits = [i for i, x in enumerate(xs) if np.all(x == np.asarray(x0 + jump))]
+        return hits[0] if hits else None
+
+    ulp = first_restart()
+    assert ulp is not None and ulp > 20  # halving ~25 times down to a few ulps
+    for patience in (3, 5, 8):
+        # evaluation 0 (x0) is progress; the warm-up accepts the uphill x1 unjudged, no
+        # progress (idle 1); every later evaluation is a rejection, and the one that makes
+        # P idle evaluations proposes the restart point, evaluated next
+        assert first_restart(patience=patience) == WARMUP + patience - 1
+
+
+def test_restart_patience_counts_only_clear_decreases():
+    """Accepted values that fall by less than STALL_REL relative (a run creeping at float32
+    resolution) do not reset the idle count; a clear decrease does."""
+
+    state = accept_init(gd_init(jnp.array([1.0])), restart=True)
+    kw = dict(restart=lambda i, x, c: x + 1.0, patience=4)
+    f0 = 100.0
+    # warm-up: the first point is progress, the second (the same value) is not
+    for v in (f0, f0):
+        state = accept_update(gd_update(0.0), state, jnp.asarray(v), jnp.array([0.0]), **kw)
+    assert int(state.n_idle) == 1
+    tiny = f0 * (1 - STALL_REL / 4)
+    state = accept_update(gd_update(0.0), state, jnp.asarray(tiny), jnp.array([0.0]), **kw)
+    assert float(state.f_best) == np.float32(tiny)  # accepted (a decrease) ...
+    assert int(state.n_idle) == 2  # ... but not progress
+    clear = f0 * (1 - 4 * STALL_REL)
+    state = accept_update(gd_update(0.0), state, jnp.asarray(clear), jnp.array([0.0]), **kw)
+    assert int(state.n_idle) == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "3"])
+def test_bad_restart_patience_is_refused(bad):
+    with pytest.raises(ValueError, match="restart_patience"):
+        NetConfig(monotone=True, restart=0.1, restart_patience=bad)
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,7 @@ RULE_FIELDS = (
     "sr1",
     "sr1_margin",
     "restart",
+    "restart_patience",
 )
 
 
@@ -135,6 +136,10 @@ class NetConfig:
     # (optimus.optimizers.acceptance). Spends the evaluations that a converged run would
     # waste on another basin
     restart: float = 0.0
+    # with restart > 0: also restart when the accepted values have not decreased by more
+    # than a few float32 ulps (acceptance.STALL_REL, relative) for this many evaluations
+    # and the trial point is rejected; 0: only the ulp test above
+    restart_patience: int = 0
 
     def __post_init__(self):
         if self.kind not in ("optimus", "mlp"):
@@ -159,6 +164,14 @@ class NetConfig:
             )
         if not (math.isfinite(self.restart) and self.restart >= 0):
             raise ValueError(f"NetConfig.restart must be a finite number >= 0, got {self.restart}")
+        if isinstance(self.restart_patience, bool) or not isinstance(self.restart_patience, int):
+            raise ValueError(
+                f"NetConfig.restart_patience must be an integer >= 0, got {self.restart_patience!r}"
+            )
+        if self.restart_patience < 0:
+            raise ValueError(
+                f"NetConfig.restart_patience must be an integer >= 0, got {self.restart_patience}"
+            )
         if self.sr1 and self.secant != "bfgs":
             raise ValueError("NetConfig.sr1 needs secant = 'bfgs' (a dense estimate)")
         if self.num_inducing < 1:

@@ -53,7 +53,8 @@ __all__ = [
 
 #: Values at or below this floor (including an exact 0) are reported as log10 = -30.
 LOG10_FLOOR = -30.0
-#: Perm(0,d,β) overflows float32 beyond this dimension (x_j^d with |x| up to d): skipped there.
+#: Perm(0,d,β) is skipped above this dimension: its values reach ~1e26 at d = 10 and overflow
+#: float32 from random starts at d of about 16 (x_j^d with |x| up to d).
 PERM_MAX_DIM = 10
 #: Reference methods run through ``scipy.optimize.minimize`` (host loop, float64, the objective
 #: and its gradient one jitted JAX call): the baseline of the wall-time comparison and a
@@ -108,7 +109,7 @@ FULL_RUNTIME_NOTE = (
     "10 evaluation + 2 tuning seeds; the measured total of a run is in the first line of its "
     "report, every method's wall time per evaluation in its timing table); compilation 5-50 s "
     "per (method, dimension). `--dims 2,10,30,100,300` with two variants takes about 4 min, "
-    "and with one variant and `--steps 1000` about 5.5 min."
+    "and with one variant and `--steps 1000` about 6 min."
 )
 
 
@@ -396,7 +397,8 @@ def skipped_cells(config: BenchConfig) -> tuple[list[tuple[str, int]], list[str]
         if too_big:
             notes.append(
                 f"{name}: dimension(s) {', '.join(map(str, too_big))} skipped (n/a): Perm(0,d,β) "
-                f"overflows float32 for d > {PERM_MAX_DIM} (x_j^d with |x_j| up to d)"
+                f"reaches ~1e26 at d = 10 and overflows float32 from d of about 16 (x_j^d with "
+                f"|x_j| up to d); skipped above d = {PERM_MAX_DIM}"
             )
         todo += [(name, n) for n in config.dims if n not in bad_multiple and n not in too_big]
     return todo, notes

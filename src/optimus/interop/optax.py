@@ -172,7 +172,8 @@ def optimus(
         if method == "optimus" and flat.size > LARGE_N:
             logger.warning(
                 "optimus.optax.optimus: %d parameters; method 'optimus' keeps a dense "
-                "%d x %d preconditioner and BFGS estimate (O(n^2) memory and time); consider "
+                "%d x %d preconditioner and BFGS and SR1 estimates (O(n^2) memory and time); "
+                "consider "
                 "method='optimus-noprecond' or 'mlp' (both O(n)) for large models",
                 flat.size,
                 flat.size,

@@ -20,8 +20,9 @@ Given per-coordinate features :math:`\phi_t \in \mathbb{R}^{n\times F}` and glob
   step length (1 before the first gradient change);
 * quasi-Newton gate (ours): a global :math:`\lambda = 2\,\mathrm{sigmoid}(\cdot) \in (0, 2)`
   from the pooled tokens weighs the quasi-Newton step :math:`q = H_t g_t` of the features
-  (L-BFGS, or a dense BFGS estimate with ``secant="bfgs"``), so the network can take
-  (damped) quasi-Newton steps where they pay;
+  (L-BFGS, or a dense BFGS estimate with ``secant="bfgs"``; with ``sr1=True`` the direction
+  of a dense SR1 estimate replaces it while that predicts the secant pairs clearly better),
+  so the network can take (damped) quasi-Newton steps where they pay;
 * update (in :mod:`optimus.optimizers.learned`):
   :math:`x_{t+1} = x_t - B_{t+1} (a \odot d + \lambda q)`.
 

@@ -91,8 +91,8 @@ from evaluation ~15 of 100). With patience the layer also restarts at a rejected
 point once ``P`` evaluations in a row brought no accepted value below the previous one by
 more than ``STALL_REL`` = 16 float32 ulps, relative. On 20 validation seeds
 (``bench_results/restart/val-patience.md``) P = 10 / 20 moved the benchmark metric from
-−8.214 to −8.227 / −8.255 (Levy and Rastrigin at n = 2; n ≥ 30 within 0.01) and P = 5 to
-−7.014 (restarts that cut Griewank's slow phase short).
+−8.214 to −8.227 / −8.255 (gains at n = 2, n ≥ 30 within 0.01; P = 10 loses Griewank at
+n = 10) and P = 5 to −7.014 (restarts that cut Griewank's slow phase short).
 
 Every evaluation, accepted or not, costs one evaluation of the budget, so comparisons at
 equal numbers of evaluations stay fair. The objective values of the accepted points never

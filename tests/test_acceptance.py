@@ -278,15 +278,20 @@ def _ascent(lr):
     return update
 
 
+def _sphere(x):
+    return jnp.sum(x**2)
+
+
+_HOME = jnp.array([1.0, -2.0])  # start of the restart tests
+_JUMP = jnp.array([3.0, 3.0])  # their restart point is home + jump
+
+
+def _jump_restart(inner, x_home, count):
+    return x_home + _JUMP
+
+
 def test_restart_fires_at_a_stall_from_the_home_point_and_is_accepted_whatever_its_value():
-    def f(x):
-        return jnp.sum(x**2)
-
-    x0 = jnp.array([1.0, -2.0])
-    jump = jnp.array([3.0, 3.0])
-
-    def restart(inner, x_home, count):
-        return x_home + jump
+    f, x0, jump, restart = _sphere, _HOME, _JUMP, _jump_restart
 
     plain = drive(_ascent(0.1), accept_init(gd_init(x0)), f, 40)
     with_restart = drive(
@@ -384,14 +389,7 @@ def test_restart_patience_fires_after_that_many_evaluations_without_progress():
     """``patience = P``: the restart comes once P evaluations in a row brought no accepted
     decrease larger than STALL_REL (relative), long before backtracking reaches rounding."""
 
-    def f(x):
-        return jnp.sum(x**2)
-
-    x0 = jnp.array([1.0, -2.0])
-    jump = jnp.array([3.0, 3.0])
-
-    def restart(inner, x_home, count):
-        return x_home + jump
+    f, x0, jump, restart = _sphere, _HOME, _JUMP, _jump_restart
 
     def first_restart(**kw):
         xs, _, _ = drive(

@@ -1,4 +1,5 @@
-"""The seed-selection scripts: scripts/train_seeds.sh and scripts/bench_validation.py."""
+"""The scripts: seed selection (train_seeds.sh, bench_validation.py), rule variants, and the
+argument checks of the physics measurements."""
 
 import importlib.util
 import json
@@ -149,3 +150,15 @@ def test_variant_targets_counts_cells_as_the_report_does(tmp_path):
     assert "| v | -3.383 | n/a | 3/3 | 1/3 | +0.70 | 2/2 |" in lines  # (0 - 9.5 - 0.65) / 3
     with pytest.raises(SystemExit, match="NAME=RESULTS"):
         mod.main([str(tmp_path / "ref.csv"), "nonsense"])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--draws", "1"], ["--sd", "0"], ["--sd", "nan"], ["--evals", "5"]],
+)
+def test_physics_goal_noise_refuses_bad_arguments_before_any_work(tmp_path, bad):
+    mod = _script("physics_goal_noise")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--out", str(tmp_path / "o"), *bad])
+    assert e.value.code == 2
+    assert not (tmp_path / "o").exists()

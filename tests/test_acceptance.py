@@ -427,10 +427,15 @@ def test_restart_patience_counts_only_clear_decreases():
     assert int(state.n_idle) == 0
 
 
-@pytest.mark.parametrize("bad", [-1, 2.5, True, "3"])
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "3", np.int64(-2)])
 def test_bad_restart_patience_is_refused(bad):
     with pytest.raises(ValueError, match="restart_patience"):
         NetConfig(monotone=True, restart=0.1, restart_patience=bad)
+
+
+def test_restart_patience_takes_numpy_integers_as_plain_ints():
+    cfg = NetConfig(monotone=True, restart=0.1, restart_patience=np.int64(10))
+    assert cfg.restart_patience == 10 and type(cfg.restart_patience) is int
 
 
 @pytest.mark.parametrize(

@@ -165,10 +165,12 @@ class NetConfig:
             )
         if not (math.isfinite(self.restart) and self.restart >= 0):
             raise ValueError(f"NetConfig.restart must be a finite number >= 0, got {self.restart}")
-        if isinstance(self.restart_patience, bool) or not isinstance(self.restart_patience, int):
+        patience = self.restart_patience
+        if isinstance(patience, bool | np.bool_) or not isinstance(patience, int | np.integer):
             raise ValueError(
                 f"NetConfig.restart_patience must be an integer >= 0, got {self.restart_patience!r}"
             )
+        object.__setattr__(self, "restart_patience", int(patience))  # a plain int in the JSON
         if self.restart_patience < 0:
             raise ValueError(
                 f"NetConfig.restart_patience must be an integer >= 0, got {self.restart_patience}"

@@ -38,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evals", type=int, default=50)
     p.add_argument("--draws", type=int, default=4, help="starts per window (draw 0: θ = 0)")
     p.add_argument("--sd", type=float, default=1e-6, help="start offset per unknown (rad)")
-    p.add_argument("--learned", default="optimus-humanoid", help="comma-separated")
+    p.add_argument(
+        "--learned",
+        default="optimus-humanoid",
+        help="comma-separated learned methods: shipped task models, or names with weights in "
+        "--params-dir (as in `optimus bench physics --params-dir`)",
+    )
+    p.add_argument("--params-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.evals < AT:
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     tuned = PB.tune_adam(data, dict(evals=args.evals, ks=[args.k], val_windows=4), print)
     dyn = M.model_arrays()
     learned = [m.strip() for m in args.learned.split(",") if m.strip()]
-    nets, _, runs_as = PB.load_weights(dict(methods=learned, params_dir=None))
+    nets, _, runs_as = PB.load_weights(dict(methods=learned, params_dir=args.params_dir))
     adam = f"adam@{tuned:g}"
     baselines = [adam, "bfgs", "lbfgs"]
     methods = [*baselines, *learned]
@@ -117,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.windows} windows each, later windows from the ground-truth state), K = "
         f"{args.k}, {args.evals} evaluations per run, {args.draws} starts per window: draw 0 "
         f"from θ = 0 (the benchmark's start), draws 1-{args.draws - 1} from θ ~ N(0, "
-        f"({args.sd:g} rad)²) per unknown (seed {args.seed}). Per draw the target is 1.05 x "
+        f"({args.sd:g} rad)²) per unknown (seed {args.seed}). "
+        + (
+            f"Learned weights from `{args.params_dir}` where named there. "
+            if args.params_dir
+            else ""
+        )
+        + "Per draw the target is 1.05 x "
         f"the lowest final loss of that draw's {', '.join(baselines)} runs (Adam's learning "
         "rate tuned on validation windows as in `optimus bench physics`).",
         "",

@@ -35,6 +35,8 @@ AT = 10  # the goal's budget
 
 
 def main(argv: list[str] | None = None) -> int:
+    from optimus.physics import bench as PB
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--clips", type=int, default=6, help="clips per split")
@@ -53,19 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--k", type=int, default=4, help="keyframes per window")
     p.add_argument("--evals", type=int, default=50)
-    p.add_argument(
-        "--learned",
-        default="optimus-humanoid",
-        help="comma-separated learned methods: shipped task models, or names with weights in "
-        "--params-dir (as in `optimus bench physics --params-dir`)",
-    )
-    p.add_argument("--params-dir", default=None)
+    PB.add_learned_arguments(p, "optimus-humanoid")
     p.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in LRS), help="Adam grid")
     args = p.parse_args(argv)
     if args.evals < AT:
         p.error(f"--evals must be at least {AT} (the goal's budget)")
 
-    from optimus.physics import bench as PB
     from optimus.physics import model as M
     from optimus.physics import motion as MO
 
@@ -85,18 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         if split not in data:
             p.error(f"unknown split {split!r}; the dataset has {', '.join(data)}")
     windows = [
-        (split, i, w)
+        window
         for split in splits
         for i in range(min(args.clips, len(data[split]["qpos"])))
-        for w in range(min(args.windows, len(data[split]["qpos"][i]) - 1))
+        for window in PB.goal_windows(
+            {k: v[i] for k, v in data[split].items()}, f"{split}[{i}]", args.windows, args.k, dyn
+        )
     ]
-    for split, i, w in windows:
-        clip = {k: v[i] for k, v in data[split].items()}
-        if w == 0:
-            obj = PB.first_window(clip, args.k, dyn)  # as the benchmark builds it
-        else:  # later windows from the ground-truth state
-            obj = PB._window(clip, w, clip["qpos"][w], clip["qvel"][w], args.k, dyn)
-        key = f"{split}[{i}]" + (f"w{w}" if w else "")
+    for key, obj in windows:
         curves, finals = {}, {}
         todo = [
             (m, "adam", dict(lr=float(m[5:])))

@@ -29,6 +29,8 @@ AT = 10  # the goal's budget
 
 
 def main(argv: list[str] | None = None) -> int:
+    from optimus.physics import bench as PB
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="val", help="data split (default val)")
@@ -38,13 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evals", type=int, default=50)
     p.add_argument("--draws", type=int, default=4, help="starts per window (draw 0: θ = 0)")
     p.add_argument("--sd", type=float, default=1e-6, help="start offset per unknown (rad)")
-    p.add_argument(
-        "--learned",
-        default="optimus-humanoid",
-        help="comma-separated learned methods: shipped task models, or names with weights in "
-        "--params-dir (as in `optimus bench physics --params-dir`)",
-    )
-    p.add_argument("--params-dir", default=None)
+    PB.add_learned_arguments(p, "optimus-humanoid")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.evals < AT:
@@ -54,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     if not (np.isfinite(args.sd) and args.sd > 0):
         p.error("--sd must be a positive number")
 
-    from optimus.physics import bench as PB
     from optimus.physics import model as M
     from optimus.physics import motion as MO
 
@@ -75,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []  # (window, draw, method, evals_to_reach, loss_at_AT / target)
     for i in range(min(args.clips, len(split["qpos"]))):
         clip = {k: v[i] for k, v in split.items()}
-        for w in range(min(args.windows, len(split["qpos"][i]) - 1)):
-            if w == 0:
-                obj = PB.first_window(clip, args.k, dyn)
-            else:
-                obj = PB._window(clip, w, clip["qpos"][w], clip["qvel"][w], args.k, dyn)
-            key = f"{args.split}[{i}]" + (f"w{w}" if w else "")
+        for key, obj in PB.goal_windows(clip, f"{args.split}[{i}]", args.windows, args.k, dyn):
             for d in range(args.draws):
                 x0 = np.zeros(obj.n) if d == 0 else rng.normal(0.0, args.sd, obj.n)
                 curves, finals = {}, {}

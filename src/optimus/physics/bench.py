@@ -252,6 +252,31 @@ def first_window(clip: dict, k: int, model_dyn=None):
     return _window(clip, 0, qpos, qvel, k, M.model_arrays() if model_dyn is None else model_dyn)
 
 
+def goal_windows(clip: dict, name: str, windows: int, k: int, model_dyn):
+    """The windows of the goal measurements (``scripts/physics_goal_gap.py``,
+    ``scripts/physics_goal_noise.py``): window 0 as the benchmark builds it
+    (:func:`first_window`) and, for ``windows > 1``, the next ones started from the
+    ground-truth state, i.e. independent problems. Yields ``(key, objective)`` with keys
+    ``name``, ``name + "w1"``, ..."""
+    for w in range(min(windows, len(clip["qpos"]) - 1)):
+        if w == 0:
+            yield name, first_window(clip, k, model_dyn)
+        else:
+            yield f"{name}w{w}", _window(clip, w, clip["qpos"][w], clip["qvel"][w], k, model_dyn)
+
+
+def add_learned_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--learned`` and ``--params-dir`` of the goal scripts (as ``optimus bench physics
+    --methods ... --params-dir``)."""
+    parser.add_argument(
+        "--learned",
+        default=default,
+        help="comma-separated learned methods: shipped task models, or names with weights in "
+        "--params-dir (as in `optimus bench physics --params-dir`)",
+    )
+    parser.add_argument("--params-dir", default=None)
+
+
 def reconstruct_clip(
     clip: dict, method: str, settings: dict, k0: int, lr=None, params: Any = None
 ) -> dict:

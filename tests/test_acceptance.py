@@ -15,7 +15,7 @@ from optimus.nets.optimus import NetConfig
 from optimus.optimizers.acceptance import (
     BACKTRACK,
     INTERP_MIN,
-    STALL_REL,
+    STALL_REL_ULPS,
     STALL_ULPS,
     WARMUP,
     AcceptState,
@@ -387,7 +387,8 @@ def test_restart_of_the_shipped_optimus_uses_the_budget_a_stalled_run_wastes():
 
 def test_restart_patience_fires_after_that_many_evaluations_without_progress():
     """``patience = P``: the restart comes once P evaluations in a row brought no accepted
-    decrease larger than STALL_REL (relative), long before backtracking reaches rounding."""
+    decrease larger than STALL_REL_ULPS ulps (relative), long before backtracking reaches
+    rounding."""
 
     f, x0, jump, restart = _sphere, _HOME, _JUMP, _jump_restart
 
@@ -408,8 +409,9 @@ def test_restart_patience_fires_after_that_many_evaluations_without_progress():
 
 
 def test_restart_patience_counts_only_clear_decreases():
-    """Accepted values that fall by less than STALL_REL relative (a run creeping at float32
-    resolution) do not reset the idle count; a clear decrease does."""
+    """Accepted values that fall by less than STALL_REL_ULPS ulps relative (a run creeping at
+    float32 resolution) do not reset the idle count; a clear decrease does."""
+    rel = STALL_REL_ULPS * np.finfo(np.float32).eps
 
     state = accept_init(gd_init(jnp.array([1.0])), restart=True)
     kw = dict(restart=lambda i, x, c: x + 1.0, patience=4)
@@ -418,11 +420,11 @@ def test_restart_patience_counts_only_clear_decreases():
     for v in (f0, f0):
         state = accept_update(gd_update(0.0), state, jnp.asarray(v), jnp.array([0.0]), **kw)
     assert int(state.n_idle) == 1
-    tiny = f0 * (1 - STALL_REL / 4)
+    tiny = f0 * (1 - rel / 4)
     state = accept_update(gd_update(0.0), state, jnp.asarray(tiny), jnp.array([0.0]), **kw)
     assert float(state.f_best) == np.float32(tiny)  # accepted (a decrease) ...
     assert int(state.n_idle) == 2  # ... but not progress
-    clear = f0 * (1 - 4 * STALL_REL)
+    clear = f0 * (1 - 4 * rel)
     state = accept_update(gd_update(0.0), state, jnp.asarray(clear), jnp.array([0.0]), **kw)
     assert int(state.n_idle) == 0
 

@@ -173,8 +173,7 @@ def optimus(
             logger.warning(
                 "optimus.optax.optimus: %d parameters; method 'optimus' keeps a dense "
                 "%d x %d preconditioner and BFGS and SR1 estimates (O(n^2) memory and time); "
-                "consider "
-                "method='optimus-noprecond' or 'mlp' (both O(n)) for large models",
+                "consider method='optimus-noprecond' or 'mlp' (both O(n)) for large models",
                 flat.size,
                 flat.size,
                 flat.size,

@@ -138,7 +138,7 @@ class NetConfig:
     # waste on another basin
     restart: float = 0.0
     # with restart > 0: also restart when the accepted values have not decreased by more
-    # than a few float32 ulps (acceptance.STALL_REL, relative) for this many evaluations
+    # than a few ulps (acceptance.STALL_REL_ULPS, relative) for this many evaluations
     # and the trial point is rejected; 0: only the ulp test above
     restart_patience: int = 0
 

@@ -89,7 +89,7 @@ model). Some runs never shrink to a few ulps: the inner optimizer keeps proposin
 steps that are rejected or accepted at the same value (Optimus on Rastrigin at n = 30
 from evaluation ~15 of 100). With patience the layer also restarts at a rejected trial
 point once ``P`` evaluations in a row brought no accepted value below the previous one by
-more than ``STALL_REL`` = 16 float32 ulps, relative. On 20 validation seeds
+more than ``STALL_REL_ULPS`` = 16 ulps, relative. On 20 validation seeds
 (``bench_results/restart/val-patience.md``) P = 10 / 20 moved the benchmark metric from
 −8.214 to −8.227 / −8.255 (gains at n = 2, n ≥ 30 within 0.01; P = 10 loses Griewank at
 n = 10) and P = 5 to −7.014 (restarts that cut Griewank's slow phase short).
@@ -117,7 +117,7 @@ WARMUP = 2  # accepted steps that are never judged (the initial point and the fi
 INTERP_MIN = 0.1  # interpolating backtracking: smallest pull-back factor
 GROW = 1.5  # step memory: an acceptance multiplies the trust factor by this (capped at 1)
 STALL_ULPS = 4  # restarts: a pulled-back trial point this close to the best point has stalled
-STALL_REL = 16 * 1.1920929e-07  # restarts with patience: smallest relative decrease that counts
+STALL_REL_ULPS = 16  # restarts with patience: smallest relative decrease that counts, in ulps
 
 
 class AcceptState(eqx.Module):
@@ -135,7 +135,7 @@ class AcceptState(eqx.Module):
     x_home: jax.Array | None = None
     f_home: jax.Array | None = None
     # restarts with patience: evaluations since an accepted value last decreased by more
-    # than STALL_REL (relative)
+    # than STALL_REL_ULPS ulps (relative)
     n_idle: jax.Array | None = None
 
     @property
@@ -205,7 +205,8 @@ def accept_update(
     ``accept_init(..., restart=True)``, returns the restart point when backtracking has
     stalled (``count`` differs between calls, for pseudo-random choices; module docstring);
     with ``patience > 0`` also when no accepted value has decreased by more than
-    ``STALL_REL`` (relative) for ``patience`` evaluations and the trial point is rejected.
+    ``STALL_REL_ULPS`` ulps (relative) for ``patience`` evaluations and the trial point is
+    rejected.
     """
     x = state.x
     dtype = x.dtype
@@ -227,6 +228,7 @@ def accept_update(
         quad = -slope / jnp.where(ok, curv, 1)
         beta = jnp.where(ok, jnp.clip(quad, INTERP_MIN, BACKTRACK), beta).astype(dtype)
     pulled = (state.x_best + beta * (x - state.x_best)).astype(dtype)
+    n_idle = state.n_idle
     if restart is not None:
         if state.x_home is None:
             raise ValueError("restarts need a state made by accept_init(..., restart=True)")
@@ -234,11 +236,11 @@ def accept_update(
         eps = jnp.finfo(dtype).eps
         near = jnp.abs(pulled - state.x_best) <= STALL_ULPS * eps * jnp.abs(state.x_best)
         stall = ~accept & jnp.all(near)
-        n_idle = state.n_idle
         if patience > 0:
             # progress: an accepted value clearly below the last accepted one (the first
             # point and a restart point, accepted whatever their value, count as progress)
-            tol = STALL_REL * jnp.abs(jnp.where(jnp.isfinite(state.f_best), state.f_best, 0))
+            f_b = jnp.where(jnp.isfinite(state.f_best), state.f_best, 0)
+            tol = STALL_REL_ULPS * eps * jnp.abs(f_b)
             forced = jnp.any(jnp.isposinf(state.f_window)) | ~jnp.isfinite(state.f_best)
             progress = accept & ((value < state.f_best - tol) | forced)
             n_idle = jnp.where(progress, 0, n_idle + 1)
@@ -261,7 +263,6 @@ def accept_update(
     x_home, f_home = state.x_home, state.f_home
     if restart is not None:
         f_window = jnp.where(stall, jnp.inf, f_window)
-    n_idle = n_idle if restart is not None else state.n_idle
     if x_home is not None:
         better = accept & (value < f_home)
         x_home = jnp.where(better, x, x_home)

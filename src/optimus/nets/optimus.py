@@ -166,15 +166,14 @@ class NetConfig:
         if not (math.isfinite(self.restart) and self.restart >= 0):
             raise ValueError(f"NetConfig.restart must be a finite number >= 0, got {self.restart}")
         patience = self.restart_patience
-        if isinstance(patience, bool | np.bool_) or not isinstance(patience, int | np.integer):
+        is_int = isinstance(patience, int | np.integer) and not isinstance(
+            patience, bool | np.bool_
+        )
+        if not is_int or patience < 0:
             raise ValueError(
-                f"NetConfig.restart_patience must be an integer >= 0, got {self.restart_patience!r}"
+                f"NetConfig.restart_patience must be an integer >= 0, got {patience!r}"
             )
         object.__setattr__(self, "restart_patience", int(patience))  # a plain int in the JSON
-        if self.restart_patience < 0:
-            raise ValueError(
-                f"NetConfig.restart_patience must be an integer >= 0, got {self.restart_patience}"
-            )
         if self.sr1 and self.secant != "bfgs":
             raise ValueError("NetConfig.sr1 needs secant = 'bfgs' (a dense estimate)")
         if self.num_inducing < 1:

@@ -238,10 +238,11 @@ def accept_update(
         stall = ~accept & jnp.all(near)
         if patience > 0:
             # progress: an accepted value clearly below the last accepted one (the first
-            # point and a restart point, accepted whatever their value, count as progress)
+            # point, below f_best = inf, and a restart point, accepted whatever its value,
+            # count as progress)
             f_b = jnp.where(jnp.isfinite(state.f_best), state.f_best, 0)
             tol = STALL_REL_ULPS * eps * jnp.abs(f_b)
-            forced = jnp.any(jnp.isposinf(state.f_window)) | ~jnp.isfinite(state.f_best)
+            forced = jnp.any(jnp.isposinf(state.f_window))
             progress = accept & ((value < state.f_best - tol) | forced)
             n_idle = jnp.where(progress, 0, n_idle + 1)
             stall = stall | (~accept & (n_idle >= patience))

@@ -354,7 +354,7 @@ def model_update(net, state: LearnedState | AcceptState, value: jax.Array, grad:
             memory=getattr(net.config, "step_memory", False),
             interpolate=getattr(net.config, "backtrack", "halve") == "interp",
             restart=_restart_point(net),
-            patience=int(getattr(net.config, "restart_patience", 0)),
+            patience=getattr(net.config, "restart_patience", 0),
         )
     return learned_update(net, state, value, grad)
 

@@ -3,6 +3,8 @@
 Public API::
 
     optimus.minimize(fun, x0, method="optimus", steps=100, ...)  -> OptimizeResult
+    optimus.minimize_batch(fun, x0s, args, ...)                  -> BatchOptimizeResult
+                                       (B related problems in one compiled, vmapped solve)
     optimus.methods()                                            -> available method names
     optimus.load_pretrained(name), optimus.save_params / load_params
     optimus.functions                                            -> benchmark test functions
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from optimus import functions, optax
+from optimus.batch import BatchOptimizeResult, minimize_batch
 from optimus.interop.scipy import scipy_method
 from optimus.optimizers import METHODS, Optimizer, get_optimizer
 from optimus.pretrained import load_pretrained
@@ -27,6 +30,7 @@ from optimus.solve import minimize
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchOptimizeResult",
     "OptimizeResult",
     "Optimizer",
     "Status",
@@ -36,6 +40,7 @@ __all__ = [
     "load_pretrained",
     "methods",
     "minimize",
+    "minimize_batch",
     "optax",
     "save_params",
     "scipy_method",

@@ -240,6 +240,28 @@ def _solve_jax_impl(
     key,
 ):
     fun = eqx.combine(fun_dyn, fun_static)
+    return solve_core(
+        fun,
+        method,
+        options,
+        steps,
+        max_evals,
+        verbose,
+        dyn_options,
+        params,
+        x0_tree,
+        box,
+        gtol,
+        key,
+    )
+
+
+def solve_core(
+    fun, method, options, steps, max_evals, verbose, dyn_options, params, x0_tree, box, gtol, key
+):
+    """The whole solve of one problem as a traceable function (a ``lax.while_loop``): returns
+    ``(carry, x_best, hess_inv, n_fallback)``. Jitted by :func:`minimize`, vmapped over
+    problems by :func:`optimus.minimize_batch`."""
     opt = _build(method, options, params, dyn_options)
     x0, unravel = ravel_pytree(x0_tree)
     to_x, project = _to_x_map(box, opt)
@@ -394,6 +416,52 @@ def _with_rule_options(method: str, params: Any, options: dict[str, Any]) -> Any
         raise ValueError(f"invalid options for method {method!r}: {e}") from None
 
 
+def prepare_method(fun, method, steps, max_evals, gtol, params, options):
+    """Validate the arguments :func:`minimize` and :func:`optimus.minimize_batch` share.
+
+    Returns ``(method, steps, max_evals, params, options_key, dyn_options)``: the learned
+    methods' weights (the shipped ones when ``params`` is None) with their update-rule
+    ``options`` applied; for the other methods float options as traced arrays
+    (``dyn_options``, so tuning a learning rate does not recompile) and the rest as a
+    hashable static key."""
+    method = check_method(method)
+    if not callable(fun):
+        raise TypeError(f"fun must be callable, got {type(fun).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = int(steps)
+    if max_evals is None:
+        max_evals = DEFAULT_MAX_EVALS_PER_STEP * steps
+    if isinstance(max_evals, bool) or not isinstance(max_evals, int | np.integer) or max_evals < 1:
+        raise ValueError(f"max_evals must be a positive integer, got {max_evals!r}")
+    max_evals = int(max_evals)
+    if not (isinstance(gtol, int | float) and gtol >= 0):
+        raise ValueError(f"gtol must be a non-negative number, got {gtol!r}")
+    options = dict(options or {})
+    if method in LEARNED_METHODS and params is None:
+        from optimus.pretrained import load_pretrained
+
+        params = load_pretrained(method)
+    if method in LEARNED_METHODS and options:
+        params = _with_rule_options(method, params, options)
+        options = {}
+    get_optimizer(method, params=params, **options)  # validates params and options up front
+    # float hyper-parameters are traced (no recompilation when tuning a learning rate);
+    # everything else (ints, strings) is static
+    dyn_options = {
+        k: jnp.asarray(v)
+        for k, v in options.items()
+        if isinstance(v, float) and not isinstance(v, bool)
+    }
+    static_options = {k: v for k, v in options.items() if k not in dyn_options}
+    try:
+        options_key = tuple(sorted(static_options.items()))
+        hash(options_key)
+    except TypeError:
+        raise ValueError("options values must be numbers, strings or tuples") from None
+    return method, steps, max_evals, params, options_key, dyn_options
+
+
 def minimize(
     fun: Callable[..., Any],
     x0: Any,
@@ -491,44 +559,12 @@ def minimize(
     multimodal objectives), so compare final objective values across machines with a
     tolerance, not bitwise.
     """
-    method = check_method(method)
-    if not callable(fun):
-        raise TypeError(f"fun must be callable, got {type(fun).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    steps = int(steps)
-    if max_evals is None:
-        max_evals = DEFAULT_MAX_EVALS_PER_STEP * steps
-    if isinstance(max_evals, bool) or not isinstance(max_evals, int | np.integer) or max_evals < 1:
-        raise ValueError(f"max_evals must be a positive integer, got {max_evals!r}")
-    max_evals = int(max_evals)
-    if not (isinstance(gtol, int | float) and gtol >= 0):
-        raise ValueError(f"gtol must be a non-negative number, got {gtol!r}")
+    method, steps, max_evals, params, options_key, dyn_options = prepare_method(
+        fun, method, steps, max_evals, gtol, params, options
+    )
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable")
     verbose = _check_verbose(verbose)
-    options = dict(options or {})
-    if method in LEARNED_METHODS and params is None:
-        from optimus.pretrained import load_pretrained
-
-        params = load_pretrained(method)
-    if method in LEARNED_METHODS and options:
-        params = _with_rule_options(method, params, options)
-        options = {}
-    get_optimizer(method, params=params, **options)  # validates params and options up front
-    # float hyper-parameters are traced (no recompilation when tuning a learning rate);
-    # everything else (ints, strings) is static
-    dyn_options = {
-        k: jnp.asarray(v)
-        for k, v in options.items()
-        if isinstance(v, float) and not isinstance(v, bool)
-    }
-    static_options = {k: v for k, v in options.items() if k not in dyn_options}
-    try:
-        options_key = tuple(sorted(static_options.items()))
-        hash(options_key)
-    except TypeError:
-        raise ValueError("options values must be numbers, strings or tuples") from None
 
     x0_tree = _as_float_tree(x0)
     x0_flat, unravel = ravel_pytree(x0_tree)
@@ -571,9 +607,9 @@ def minimize(
             fun, jac, callback, x0_tree, box, max_evals, gtol, key, common, verbose
         )
 
-    status = Status(int(carry.status)) if int(carry.status) != RUNNING else Status.MAX_EVALS
+    fin = finalize(carry, x_best, hess_inv, x0_flat, box)
+    status = Status(int(fin["status"]))
     nit = int(carry.state.nit)
-    best_f = carry.best_f
     extra: dict[str, Any] = {}
     if error is not None:
         status = Status.OBJECTIVE_ERROR
@@ -582,28 +618,19 @@ def minimize(
             "returning the best iterate seen."
         )
         extra["exception"] = error
-    if not bool(jnp.isfinite(best_f)):
-        if error is None:
-            status = Status.NO_FINITE_POINT if int(carry.nfev) <= 1 else Status.NONFINITE
-        x_best = x0_flat
-    jac_x = carry.best_g if box is None else carry.best_g / (0.5 * (box.hi - box.lo))
-    if box is not None and hess_inv is not None:
-        h = 0.5 * (box.hi - box.lo)
-        hess_inv = h[:, None] * hess_inv * h[None, :]
     hist = np.asarray(carry.hist)[: min(nit, steps) + 1]
     result = make_result(
-        x=unravel(x_best),
-        fun=float(best_f),
-        jac=unravel(jac_x),
+        x=unravel(fin["x"]),
+        fun=float(carry.best_f),
+        jac=unravel(fin["jac"]),
         nit=nit,
         nfev=int(carry.nfev),
         status=status,
         history=hist,
         method=method,
-        hess_inv=hess_inv,
+        hess_inv=fin["hess_inv"],
         n_fallback=int(n_fallback),
-        # driver-level retries of non-finite points + the learned models' acceptance rule
-        n_rejected=int(carry.n_rejected) + int(getattr(carry.state, "n_reject", 0)),
+        n_rejected=int(fin["n_rejected"]),
         last_fun=float(carry.last_f),
         eval_history=np.asarray(carry.eval_hist)[: int(carry.nfev)],
         **extra,
@@ -616,6 +643,32 @@ def minimize(
             flush=True,
         )
     return result
+
+
+def finalize(carry: Carry, x_best, hess_inv, x0_flat, box: _Box | None) -> dict[str, Any]:
+    """What a finished solve reports, for one problem or a batch of them (leading axis):
+    the final ``status`` (a loop still running has used up its evaluations; no finite value
+    at all is ``NO_FINITE_POINT`` after one evaluation and ``NONFINITE`` after more), ``x``
+    (``x0`` when no finite point was found), ``jac`` and ``hess_inv`` in the caller's
+    coordinates (with bounds :math:`\nabla_x f = \nabla_z f / h` and :math:`H_x = h H_z h`
+    for the box half-widths :math:`h`), and ``n_rejected`` (the driver's retries of
+    non-finite points plus the learned models' rejected trial points)."""
+    status = np.asarray(carry.status)
+    status = np.where(status == RUNNING, int(Status.MAX_EVALS), status)
+    finite = np.isfinite(np.asarray(carry.best_f))
+    none_found = np.where(
+        np.asarray(carry.nfev) <= 1, int(Status.NO_FINITE_POINT), int(Status.NONFINITE)
+    )
+    status = np.where(finite, status, none_found)
+    x = jnp.where(jnp.asarray(finite)[..., None], x_best, x0_flat)
+    jac = carry.best_g
+    if box is not None:
+        h = 0.5 * (box.hi - box.lo)
+        jac = jac / h
+        if hess_inv is not None:
+            hess_inv = h[:, None] * hess_inv * h[None, :]
+    n_rejected = np.asarray(carry.n_rejected) + np.asarray(getattr(carry.state, "n_reject", 0))
+    return dict(status=status, x=x, jac=jac, hess_inv=hess_inv, n_rejected=n_rejected)
 
 
 def _check_verbose(verbose: Any) -> int:

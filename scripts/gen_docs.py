@@ -29,9 +29,11 @@ END = "<!-- END GENERATED -->"
 # (heading, dotted path) of everything in the API reference, in order
 API = [
     ("Solving", "optimus.minimize"),
+    (None, "optimus.minimize_batch"),
     (None, "optimus.methods"),
     (None, "optimus.OptimizeResult"),
     (None, "optimus.Status"),
+    (None, "optimus.BatchOptimizeResult"),
     ("Adapters", "optimus.optax.optimus"),
     (None, "optimus.optax.OptimusState"),
     (None, "optimus.scipy_method"),

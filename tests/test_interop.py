@@ -219,6 +219,33 @@ def test_optax_misuse_gives_clear_messages():
         optimus.optax.optimus("newton")
 
 
+def test_optax_learned_rule_options_and_no_restart_by_default():
+    # an optax loop keeps the last point: restarts (on in minimize) are off unless asked for
+    def run(**options):
+        tx = optimus.optax.optimus(**options)
+
+        @jax.jit
+        def step(p, state):
+            value, grads = jax.value_and_grad(quad)(p)
+            updates, state = tx.update(grads, state, p, value=value)
+            return optax.apply_updates(p, updates), state
+
+        p = params0()
+        state = tx.init(p)
+        values = []
+        for _ in range(60):
+            p, state = step(p, state)
+            values.append(float(quad(p)))
+        return np.array(values)
+
+    plain = run()
+    assert plain[-1] <= 1e-10 and np.all(plain[20:] <= 1e-10)
+    restarted = run(restart=0.1)
+    assert np.max(restarted[20:]) > 1e-6  # a restart moves away from the converged point
+    with pytest.raises(ValueError, match="not an update-rule field"):
+        optimus.optax.optimus(learning_rate=0.1)
+
+
 # ---------------------------------------------------------------------------------------------
 # scipy
 

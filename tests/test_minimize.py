@@ -1,5 +1,7 @@
 """The public driver `optimus.minimize`: results, budgets, bad input, NaN handling, caching."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,6 +138,86 @@ def test_bounds_keep_evaluations_inside_and_find_boundary_minimum():
     np.testing.assert_allclose(res.x, 2.0, atol=1e-3)
     res = optimus.minimize(sphere, jnp.zeros(2), bounds=[(-5, 5), (-5, 0.5)], method="lbfgs")
     np.testing.assert_allclose(res.x, [1.0, 0.5], atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["bfgs", "lbfgs"])
+def test_line_search_bounds_release_a_coordinate_at_a_bound(method):
+    # an interior minimum from starts on, beyond, and near a bound, on the jitted and the
+    # host (jac=) path: the clip's derivative must not freeze the coordinate at the bound
+    # and report a zero gradient there as convergence (the plain clip did both)
+    c = np.array([0.5, -0.5, 0.25], np.float32)
+
+    def f(x):
+        return jnp.sum((x - c) ** 2)
+
+    for x0 in ([1.0, 0.0, 0.0], [5.0, 0.0, 0.0], [-1.0, 1.0, 0.99]):
+        x0 = np.asarray(x0, np.float32)
+        for kw in ({}, {"jac": lambda x: 2 * (x - c)}):
+            fun = (lambda x: float(np.sum((x - c) ** 2))) if kw else f
+            res = optimus.minimize(fun, x0, method=method, bounds=(-1.0, 1.0), steps=50, **kw)
+            assert res.status == Status.CONVERGED
+            np.testing.assert_allclose(res.x, c, atol=1e-4)
+    # random convex quadratics whose line-search steps overshoot onto a bound
+    key = jax.random.key(3)
+    for i in range(6):
+        k1, k2 = jax.random.split(jax.random.fold_in(key, i))
+        m = jax.random.normal(k1, (4, 4))
+        a = m @ m.T + 0.1 * jnp.eye(4)
+        xs = jax.random.uniform(k2, (4,), minval=-0.5, maxval=0.5)
+        res = optimus.minimize(
+            lambda x, a=a, xs=xs: (x - xs) @ a @ (x - xs),
+            jnp.full(4, 0.9),
+            method=method,
+            bounds=(-1.0, 1.0),
+            steps=100,
+        )
+        assert res.fun < 1e-6, (i, res.x, xs)
+    # a minimum on the bound is a KKT point: CONVERGED there
+    res = optimus.minimize(
+        lambda x: jnp.sum((x - jnp.array([2.0, 0.3, -3.0])) ** 2),
+        jnp.zeros(3),
+        method=method,
+        bounds=(-1.0, 1.0),
+    )
+    assert res.status == Status.CONVERGED
+    np.testing.assert_allclose(res.x, [1.0, 0.3, -1.0], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "method, option",
+    [("bfgs", {"c1": 1e-3}), ("lbfgs", {"c2": 0.5}), ("bfgs", {"init_step": 0.5})],
+)
+def test_line_search_float_options(method, option):
+    # float options of the first-order methods are traced; those of the line-search methods
+    # are checked in Python when the method is built, so they stay static
+    res = optimus.minimize(sphere, jnp.zeros(3), method=method, options=option)
+    assert res.success and res.fun < 1e-8
+    host = optimus.minimize(sphere, jnp.zeros(3), method=method, options=option, callback=id)
+    assert host.success and host.fun < 1e-8
+
+
+def test_size_one_output_and_unhashable_objective():
+    res = optimus.minimize(lambda x: jnp.sum((x - 1.0) ** 2, keepdims=True), jnp.zeros(3))
+    assert res.success and res.fun < 1e-6
+
+    @dataclasses.dataclass
+    class Quadratic:  # a plain dataclass: __hash__ is None
+        c: float
+
+        def __call__(self, x):
+            return jnp.sum((x - self.c) ** 2)
+
+    for c in (0.3, 0.9):  # compared by identity: no stale compiled loop
+        res = optimus.minimize(Quadratic(c), jnp.zeros(3), method="bfgs")
+        np.testing.assert_allclose(res.x, c, atol=1e-5)
+
+
+@pytest.mark.parametrize("stop", [True, np.bool_(True), jnp.asarray(True)])
+def test_callback_stops_on_any_boolean_true(stop):
+    res = optimus.minimize(
+        sphere, jnp.zeros(3), method="adam", callback=lambda r: stop if r.nit >= 3 else False
+    )
+    assert res.status == Status.CALLBACK_STOP and res.nit == 3
 
 
 def test_float64_preserved():

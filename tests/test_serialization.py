@@ -169,3 +169,15 @@ def test_load_learned_file_infers_or_checks_the_method(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a file of ours")
     with pytest.raises(ValueError, match="cannot use .*junk.npz as learned-optimizer weights"):
         load_learned_file(tmp_path / "junk.npz")
+
+
+def test_dotted_names_are_distinct_files_and_bad_json_is_a_value_error(tmp_path):
+    net = optimus.load_pretrained("mlp")
+    a = optimus.save_params(tmp_path / "model.v1", net, tag="a")
+    b = optimus.save_params(tmp_path / "model.v2", net, tag="b")
+    assert a != b and a.name == "model.v1.npz" and a.with_suffix(".json").exists()
+    assert optimus.load_params(tmp_path / "model.v1")[1]["tag"] == "a"
+    assert optimus.load_params(tmp_path / "model.v2.npz")[1]["tag"] == "b"
+    b.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="holds a list, not an object"):
+        optimus.load_params(b)

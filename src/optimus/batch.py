@@ -40,6 +40,7 @@ from optimus.solve import (
     finalize,
     prepare_method,
     solve_core,
+    split_objective,
 )
 
 logger = logging.getLogger("optimus.batch")
@@ -191,12 +192,17 @@ def minimize_batch(
 
     Example::
 
-        def fit(x, target):
+        import jax
+        import jax.numpy as jnp
+        import optimus
+
+        def fit(x, target):  # one problem: x of shape (10,), its own target
             return jnp.sum((x - target) ** 2) + 0.1 * jnp.sum(jnp.sin(5 * x))
 
-        targets = jax.random.normal(jax.random.PRNGKey(0), (256, 10))
-        res = optimus.minimize_batch(fit, jnp.zeros((256, 10)), (targets,), bounds=(-4, 4))
-        res.x.shape, res.fun.shape, res.success.all()   # (256, 10), (256,), True
+        targets = jax.random.normal(jax.random.key(0), (64, 10))
+        res = optimus.minimize_batch(fit, jnp.zeros((64, 10)), (targets,), bounds=(-4, 4))
+        assert res.x.shape == (64, 10) and res.fun.shape == (64,) and res.success.all()
+        best = res.result(0)  # problem 0 as an ordinary OptimizeResult
     """
     method, steps, max_evals, params, options_key, dyn_options = prepare_method(
         fun, method, steps, max_evals, gtol, params, options
@@ -241,8 +247,9 @@ def minimize_batch(
         steps,
         max_evals,
     )
+    fun_dyn, fun_static = split_objective(fun)
     carry, x_best, hess_inv, n_fallback = _solve_batch(
-        fun,
+        eqx.combine(fun_dyn, fun_static),
         args,
         x0_tree,
         box,

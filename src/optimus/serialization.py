@@ -86,9 +86,18 @@ def npz_bytes_to_tree(data: bytes, like: Any, *, what: str = "file") -> Any:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
 
 
+def params_path(path: str | os.PathLike) -> Path:
+    """The ``.npz`` file of a parameter path: ``model``, ``model.npz`` and ``model.json`` all
+    name ``model.npz`` (with its metadata in ``model.json``); any other dot is part of the
+    name (``model.v1`` is ``model.v1.npz``, not ``model.npz``)."""
+    p = Path(path)
+    return p.with_suffix(".npz") if p.suffix in (".npz", ".json") else p.with_name(p.name + ".npz")
+
+
 def save_params(path: str | os.PathLike, net: Any, **metadata: Any) -> Path:
-    """Save a network to ``path`` (``.npz``) and its metadata to the sibling ``.json``."""
-    path = Path(path).with_suffix(".npz")
+    """Save a network to ``path`` (``.npz``, see :func:`params_path`) and its metadata to the
+    sibling ``.json``."""
+    path = params_path(path)
     data = tree_to_npz_bytes(net)
     meta = {
         "format": FORMAT,
@@ -103,13 +112,16 @@ def save_params(path: str | os.PathLike, net: Any, **metadata: Any) -> Path:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    jpath = Path(path).with_suffix(".json")
+    """The validated JSON metadata of a parameter file (:func:`params_path`)."""
+    jpath = params_path(path).with_suffix(".json")
     try:
         meta = json.loads(jpath.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"metadata file {jpath} not found") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"metadata file {jpath} is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"metadata file {jpath} holds a {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT:
         raise ValueError(
             f"{jpath} is not an optimus parameter file (format={meta.get('format')!r})"
@@ -140,7 +152,7 @@ def load_params_bytes(data: bytes, meta: dict, *, what: str = "parameters"):
 
 def load_params(path: str | os.PathLike):
     """Load a network saved by :func:`save_params`; returns ``(net, metadata)``."""
-    path = Path(path).with_suffix(".npz")
+    path = params_path(path)
     meta = read_metadata(path)
     try:
         data = path.read_bytes()

@@ -12,8 +12,12 @@ Bounds: with ``bounds=(lo, hi)`` the optimizer works in box-normalised coordinat
 and the objective is only ever evaluated inside the box. First-order and learned methods are
 *projected*: after every update the iterate is clipped back into :math:`[-1, 1]^n` (projected
 gradient steps). Line-search methods (BFGS, L-BFGS) instead see the clipped objective
-:math:`f(\mathrm{clip}(c + h z, lo, hi))`, whose gradient is zero in the clipped coordinates
-(a coordinate pushed past a bound stays there). All learned methods were meta-trained in
+:math:`f(\mathrm{clip}(c + h z, lo, hi))`, differentiated so that a coordinate at or past a
+bound keeps the objective's gradient where it points back into the box and gets zero where it
+points out (:func:`_clip_kkt`): a coordinate a line search pushed onto a bound is released
+when the objective falls towards the inside, and a zero gradient is the box's KKT condition
+(a minimum on a bound ends ``CONVERGED`` there). The ``gtol`` test of the projected methods
+uses the same projected gradient. All learned methods were meta-trained in
 box-normalised coordinates, so passing the box of the problem is recommended.
 """
 
@@ -104,7 +108,11 @@ def _step(
     best_g = jnp.where(better, g, carry.best_g)
     hist = jnp.where(first, carry.hist.at[0].set(f), carry.hist)
     eval_hist = carry.eval_hist.at[carry.nfev].set(best_f, mode="drop")
-    converged = finite & (jnp.max(jnp.abs(g), initial=0.0) <= gtol) & (f <= best_f)
+    # projected methods: the gradient test is the box's KKT condition (components that
+    # point out of the unit box at an active bound do not count); line-search methods get
+    # that gradient from the box already (_clip_kkt)
+    g_stat = kkt_gradient(state.x, g, -1, 1) if project else g
+    converged = finite & (jnp.max(jnp.abs(g_stat), initial=0.0) <= gtol) & (f <= best_f)
 
     if opt.uses_line_search:
         # a non-finite trial point is reported as +inf: the line search then shrinks the step
@@ -180,6 +188,40 @@ def _n_fallback(state) -> jax.Array:
     return getattr(state, "n_fallback", jnp.zeros((), jnp.int32))
 
 
+@jax.custom_vjp
+def _clip_kkt(x, lo, hi):
+    """``clip(x, lo, hi)`` whose derivative passes a cotangent ``g`` (the objective's gradient
+    at the clipped point) where it points into the box and stops it where it points out:
+    :math:`\bar g_i = g_i` inside, and at or past a bound only when the descent direction
+    :math:`-g_i` leads back inside (``g_i > 0`` at ``hi``, ``g_i < 0`` at ``lo``); else 0.
+    The plain clip's derivative is 0 at and past a bound in both directions, which freezes a
+    coordinate that a line-search step pushed onto a bound (or that starts there) even when
+    the objective falls towards the inside, and then reports a zero gradient there as
+    convergence. With this one a zero gradient is the projected-gradient (KKT) condition of
+    the box."""
+    return jnp.clip(x, lo, hi)
+
+
+def _clip_kkt_fwd(x, lo, hi):
+    out = jnp.clip(x, lo, hi)
+    return out, (out, lo, hi)
+
+
+def _clip_kkt_bwd(res, g):
+    out, lo, hi = res
+    return (kkt_gradient(out, g, lo, hi), None, None)
+
+
+_clip_kkt.defvjp(_clip_kkt_fwd, _clip_kkt_bwd)
+
+
+def kkt_gradient(x, g, lo, hi):
+    """The gradient ``g`` at a point ``x`` of the box with the components zeroed that point
+    out of it at an active bound (see :func:`_clip_kkt`)."""
+    outward = ((x >= hi) & (g < 0)) | ((x <= lo) & (g > 0))
+    return jnp.where(outward, jnp.zeros_like(g), g)
+
+
 class _Box(eqx.Module):
     """Box-normalising change of variables ``x = clip(c + h z, lo, hi)``."""
 
@@ -187,8 +229,11 @@ class _Box(eqx.Module):
     hi: jax.Array
 
     def to_x(self, z):
+        """``clip(c + h z)`` for line-search methods, with the derivative of
+        :func:`_clip_kkt` (a coordinate at a bound is released when the objective falls
+        towards the inside)."""
         c, h = 0.5 * (self.hi + self.lo), 0.5 * (self.hi - self.lo)
-        return jnp.clip(c + h * z, self.lo, self.hi)
+        return _clip_kkt(c + h * z, self.lo.astype(z.dtype), self.hi.astype(z.dtype))
 
     def affine(self, z):
         """``c + h z`` for projected methods, whose ``z`` stays in the box. The value is clipped
@@ -202,13 +247,12 @@ class _Box(eqx.Module):
         return (jnp.clip(x, self.lo, self.hi) - c) / h
 
     def grad_z(self, x, gx, projected: bool):
-        """Chain rule; through the clip (zero where a coordinate sits at its bound) unless the
-        method is projected."""
+        """Chain rule for a gradient ``gx`` at ``x = to_x(z)`` (or ``affine(z)``): the
+        derivative of :meth:`to_x` (:func:`_clip_kkt`) unless the method is projected."""
         h = 0.5 * (self.hi - self.lo)
         if projected:
             return gx * h
-        inside = (x > self.lo) & (x < self.hi)
-        return jnp.where(inside, gx * h, 0)
+        return kkt_gradient(x, gx, self.lo, self.hi) * h
 
 
 def _to_x_map(box: _Box | None, opt: Optimizer):
@@ -267,8 +311,8 @@ def solve_core(
     to_x, project = _to_x_map(box, opt)
     z0 = x0 if box is None else box.to_z(x0)
 
-    def objective(z):
-        return fun(unravel(to_x(z)))
+    def objective(z):  # a size-1 output of any shape is the scalar value
+        return jnp.reshape(fun(unravel(to_x(z))), ())
 
     vg = jax.value_and_grad(objective)
 
@@ -303,6 +347,39 @@ _solve_jax = jax.jit(
     _solve_jax_impl,
     static_argnames=("fun_static", "method", "options", "steps", "max_evals", "verbose"),
 )
+
+
+class _ByIdentity:
+    """An objective that cannot be hashed (e.g. a plain dataclass with ``__call__``), made a
+    static argument of the compiled solve that is equal only to itself."""
+
+    __slots__ = ("fun",)
+
+    def __init__(self, fun):
+        self.fun = fun
+
+    def __call__(self, *args):
+        return self.fun(*args)
+
+    def __hash__(self):
+        return id(self.fun)
+
+    def __eq__(self, other):
+        return isinstance(other, _ByIdentity) and other.fun is self.fun
+
+
+def split_objective(fun) -> tuple[Any, Any]:
+    """``(dynamic, static)`` parts of an objective for the compiled solve: the arrays inside
+    ``fun`` (e.g. of an ``equinox.Module`` objective) are traced and the rest is static, so
+    objectives that differ only in their arrays share one compilation. A static part that
+    cannot be hashed makes the whole objective static, compared by identity (its arrays are
+    then constants of the compiled loop, and each such object compiles once)."""
+    fun_dyn, fun_static = eqx.partition(fun, eqx.is_array)
+    try:
+        hash(fun_static)
+    except TypeError:
+        return None, _ByIdentity(fun)
+    return fun_dyn, fun_static
 
 
 def _print_progress(method, nit, nfev, best_f, gnorm) -> None:
@@ -445,13 +522,14 @@ def prepare_method(fun, method, steps, max_evals, gtol, params, options):
     if method in LEARNED_METHODS and options:
         params = _with_rule_options(method, params, options)
         options = {}
-    get_optimizer(method, params=params, **options)  # validates params and options up front
-    # float hyper-parameters are traced (no recompilation when tuning a learning rate);
-    # everything else (ints, strings) is static
+    opt = get_optimizer(method, params=params, **options)  # validates params and options
+    # float hyper-parameters of the first-order methods are traced (no recompilation when
+    # tuning a learning rate); everything else (ints, strings, and the line-search constants,
+    # which the line-search methods check in Python when they are built) is static
     dyn_options = {
         k: jnp.asarray(v)
         for k, v in options.items()
-        if isinstance(v, float) and not isinstance(v, bool)
+        if isinstance(v, float) and not isinstance(v, bool) and not opt.uses_line_search
     }
     static_options = {k: v for k, v in options.items() if k not in dyn_options}
     try:
@@ -500,9 +578,12 @@ def minimize(
         jac: ``None`` (JAX autodiff), a callable returning the gradient, or ``True`` when
             ``fun`` returns ``(value, grad)``, as in :func:`scipy.optimize.minimize`.
         callback: called after every iteration with an intermediate :class:`OptimizeResult`
-            (``x``, ``fun``, ``nit``, ``nfev``); returning ``True`` or raising
-            ``StopIteration`` stops the solve (status ``CALLBACK_STOP``). Runs on the host.
-        gtol: stop when :math:`\|\nabla f\|_\infty \le` ``gtol`` at the best iterate.
+            (``x``, ``fun``, ``nit``, ``nfev``); returning ``True`` (also a NumPy or JAX
+            boolean scalar) or raising ``StopIteration`` stops the solve (status
+            ``CALLBACK_STOP``). Runs on the host.
+        gtol: stop when :math:`\|\nabla f\|_\infty \le` ``gtol`` at the best iterate
+            (with ``bounds``: the projected gradient, without the components that point out
+            of the box at a bound the iterate sits on, in box-normalised coordinates).
         options: hyper-parameters of classical methods (``learning_rate``, ``memory``, ...);
             for learned methods, fields of the update rule around the network
             (``optimus.nets.optimus.RULE_FIELDS``), e.g. ``{"restart": 0.0}`` for a purely
@@ -551,13 +632,15 @@ def minimize(
     application configures logging.
 
     **Determinism.** ``minimize`` has no hidden randomness: the same inputs and ``key`` on
-    the same machine (same JAX/XLA version, same flags) give bit-identical results, jitted
-    or host loop. Across machines or XLA versions, floating-point reductions may be
-    reordered (vectorisation width, fusion, thread count), so results agree to rounding
-    (about ``1e-6`` relative in float32, ``1e-14`` in float64) per operation; iterative
-    optimisation can amplify such differences along a trajectory (strongly on chaotic,
-    multimodal objectives), so compare final objective values across machines with a
-    tolerance, not bitwise.
+    the same machine (same JAX/XLA version, same flags) give bit-identical results on the
+    same path. The jitted loop and the host loop (taken with ``jac=`` or ``callback=``)
+    compile the step separately, and :func:`optimus.minimize_batch` batches it, so these
+    agree with each other only to rounding, like different machines: there too,
+    floating-point reductions may be reordered (vectorisation width, fusion, thread count),
+    so results agree to rounding (about ``1e-6`` relative in float32, ``1e-14`` in float64)
+    per operation; iterative optimisation can amplify such differences along a trajectory
+    (strongly on chaotic, multimodal objectives), so compare final objective values across
+    paths and machines with a tolerance, not bitwise.
     """
     method, steps, max_evals, params, options_key, dyn_options = prepare_method(
         fun, method, steps, max_evals, gtol, params, options
@@ -588,9 +671,7 @@ def minimize(
     error = None
     if jac is None and callback is None:
         _check_scalar_output(fun, x0_tree)
-        # arrays inside fun (e.g. an equinox Module objective) are traced, the rest is static:
-        # objectives that differ only in their arrays share one compiled solve
-        fun_dyn, fun_static = eqx.partition(fun, eqx.is_array)
+        fun_dyn, fun_static = split_objective(fun)
         carry, x_best, hess_inv, n_fallback = _solve_jax(
             fun_static=fun_static,
             fun_dyn=fun_dyn,
@@ -713,7 +794,7 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common, 
     z0 = x0_flat if box is None else box.to_z(x0_flat)
     to_x, project = _to_x_map(box, _build(common["method"], common["options"], common["params"]))
     if jac is None:
-        vg_jax = jax.jit(jax.value_and_grad(lambda z: fun(unravel(to_x(z)))))
+        vg_jax = jax.jit(jax.value_and_grad(lambda z: jnp.reshape(fun(unravel(to_x(z))), ())))
 
         def evaluate(z):
             return vg_jax(z)
@@ -795,13 +876,23 @@ def _solve_host(fun, jac, callback, x0_tree, box, max_evals, gtol, key, common, 
                 stop = callback(inter)
             except StopIteration:
                 stop = True
-            if stop is True and int(carry.status) == RUNNING:
+            if _truthy_stop(stop) and int(carry.status) == RUNNING:
                 carry = eqx.tree_at(
                     lambda c: c.status, carry, jnp.asarray(Status.CALLBACK_STOP, jnp.int32)
                 )
     opt = _build(common["method"], common["options"], params, dyn_options)
     hess_inv = None if opt.hess_inv is None else opt.hess_inv(carry.state)
     return carry, to_x(carry.best_x), hess_inv, _n_fallback(carry.state), error
+
+
+def _truthy_stop(stop: Any) -> bool:
+    """A callback's return value asks to stop: ``True``, also as a NumPy or JAX boolean
+    scalar (``None``, ``False`` and anything else continue)."""
+    if stop is True:
+        return True
+    if isinstance(stop, np.bool_ | np.ndarray | jax.Array) and np.ndim(stop) == 0:
+        return np.asarray(stop).dtype == bool and bool(stop)
+    return False
 
 
 class _ObjectiveError(Exception):

@@ -7,7 +7,9 @@ how the learned methods were meta-trained. The box only scales the problem: no m
 constrained to it (the test functions are defined everywhere and every optimum lies inside the
 box). Constraining would handicap the line-search methods, which see a clipped objective under
 ``minimize(bounds=...)``: measured on quadratic / Rosenbrock at n = 10, L-BFGS reached
-10^1.9 / 10^-5.3 boxed versus 10^-4.7 / 10^-17 unconstrained. A method may stop before the
+10^1.9 / 10^-5.3 boxed versus 10^-4.7 / 10^-17 unconstrained (with the plain clip of the
+time, whose zero derivative froze a coordinate at a bound; the clip's derivative now releases
+it, see :mod:`optimus.solve`). A method may stop before the
 budget (a line search that cannot make progress, a non-finite objective, an exactly zero
 gradient): the evaluations it used are recorded and its best value is carried forward in the
 curves.

@@ -126,7 +126,15 @@ def optimus(
             :func:`optimus.load_params`); defaults to the shipped weights for ``method``.
             (Not the parameters being optimized: those are given to ``init``/``update``.)
         key: PRNG key handed to the method's ``init`` (no built-in method is random).
-        **options: hyper-parameters of a classical method (``learning_rate``, ``memory``, ...).
+        **options: hyper-parameters of a classical method (``learning_rate``, ``memory``,
+            ...), or update-rule fields of a learned one, as in :func:`optimus.minimize`.
+            Learned methods run here with ``restart=0.0`` unless it is given: the
+            parameters an optax loop ends with are the last point the method proposed, and
+            the shipped models' restarts (which move a converged run elsewhere to spend its
+            remaining budget) would make that point worse than the best one seen. With the
+            step acceptance of the shipped models the last point can still be a trial point
+            that is about to be rejected; ``state.inner.x_best`` (flattened) is the best
+            accepted one.
 
     Returns:
         An :class:`optax.GradientTransformationExtraArgs` whose state is an
@@ -161,6 +169,13 @@ def optimus(
         from optimus.pretrained import load_pretrained
 
         params = load_pretrained(method)
+    if method in LEARNED_METHODS:
+        # update-rule options, as in optimus.minimize; an optax loop keeps the last point,
+        # not the best one, so the restarts are off unless asked for
+        from optimus.solve import _with_rule_options
+
+        params = _with_rule_options(method, params, {"restart": 0.0, **options})
+        options = {}
     opt = get_optimizer(method, params=params, **options)
 
     def init_fn(tree: optax.Params) -> OptimusState:

@@ -212,6 +212,13 @@ def test_size_one_output_and_unhashable_objective():
         np.testing.assert_allclose(res.x, c, atol=1e-5)
 
 
+def test_gtol_accepts_numpy_scalars():
+    res = optimus.minimize(sphere, jnp.zeros(3), method="bfgs", gtol=np.float32(1e-3))
+    assert res.status == Status.CONVERGED
+    with pytest.raises(ValueError, match="gtol"):
+        optimus.minimize(sphere, jnp.zeros(3), method="bfgs", gtol=True)
+
+
 @pytest.mark.parametrize("stop", [True, np.bool_(True), jnp.asarray(True)])
 def test_callback_stops_on_any_boolean_true(stop):
     res = optimus.minimize(

@@ -512,7 +512,9 @@ def prepare_method(fun, method, steps, max_evals, gtol, params, options):
     if isinstance(max_evals, bool) or not isinstance(max_evals, int | np.integer) or max_evals < 1:
         raise ValueError(f"max_evals must be a positive integer, got {max_evals!r}")
     max_evals = int(max_evals)
-    if not (isinstance(gtol, int | float) and gtol >= 0):
+    if isinstance(gtol, bool) or not (
+        isinstance(gtol, int | float | np.integer | np.floating) and gtol >= 0
+    ):
         raise ValueError(f"gtol must be a non-negative number, got {gtol!r}")
     options = dict(options or {})
     if method in LEARNED_METHODS and params is None:

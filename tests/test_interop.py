@@ -309,7 +309,9 @@ def test_scipy_options_bounds_and_return_all():
         tol=1e-4,
     )
     assert res.method == "lbfgs" and res.success
-    assert len(res.allvecs) == res.nit
+    assert len(res.allvecs) == res.nit + 1  # x0 first, as scipy's BFGS
+    np.testing.assert_array_equal(res.allvecs[0], np.zeros(4))
+    np.testing.assert_array_equal(res.allvecs[-1], res.x)
     assert np.all(np.abs(res.x) <= 2.0)
     assert res.fun < 1e-3
 

@@ -43,7 +43,7 @@ SUPPORTED_OPTIONS: dict[str, str] = {
     "optimizer_options": "dict of hyper-parameters of a classical optimizer, e.g. learning_rate",
     "key": "PRNG key handed to the optimizer's init",
     "disp": "print a convergence message at the end (default False)",
-    "return_all": "also return allvecs, the best iterate after every iteration (default False)",
+    "return_all": "also return allvecs: x0, then the best iterate after every iteration",
 }
 
 STOP_ITERATION_STATUS = 99  # scipy's status when the callback raised StopIteration
@@ -199,6 +199,15 @@ def scipy_method(
         x0 = x0.astype(float)
     if x0.ndim != 1:
         raise ValueError(f"x0 must be 1-D, got shape {x0.shape}")
+    if allvecs is not None:  # as scipy's BFGS: the starting point (clipped into the box,
+        # as minimize does), then the best iterate after every iteration
+        start = x0.astype(float)
+        if bounds is not None:
+            from optimus.solve import _parse_bounds
+
+            box = _parse_bounds(bounds, jnp.zeros(x0.size))
+            start = np.clip(start, np.asarray(box.lo), np.asarray(box.hi))
+        allvecs.append(start)
 
     def f_args(x):
         return fun(x, *args)

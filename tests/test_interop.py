@@ -360,6 +360,13 @@ def test_optimistix_minimise_pytree():
     assert int(sol.stats["num_steps"]) < 100
 
 
+def test_optimistix_takes_update_rule_options():
+    solver = optimus.OptimusMinimiser(restart=0.0)
+    assert solver.params.config.restart == 0.0
+    with pytest.raises(ValueError, match="not an update-rule field"):
+        optimus.OptimusMinimiser(learning_rate=0.1)
+
+
 def test_optimistix_nonfinite_and_max_steps():
     bad = lambda y, args: jnp.sum(jnp.log(y))  # noqa: E731  (NaN at negative y)
     solver = optimus.OptimusMinimiser("sgd", learning_rate=0.1)  # any method: cheap to compile

@@ -57,7 +57,9 @@ class OptimusMinimiser(optx.AbstractMinimiser):
         gtol: stop when :math:`\|\nabla f\|_\infty \le` ``gtol``.
         norm: norm of the Cauchy criterion (default :func:`optimistix.max_norm`).
         params: meta-parameters of a learned method (default: the shipped weights).
-        **options: hyper-parameters of a classical method (``learning_rate``, ...).
+        **options: hyper-parameters of a classical method (``learning_rate``, ...), or
+            update-rule fields of a learned one (e.g. ``restart=0.0``), as in
+            :func:`optimus.minimize`.
 
     Without bounds the learned methods assume coordinates of order one (they were
     meta-trained in box-normalised coordinates): rescale ``y`` if it is far from that.
@@ -97,6 +99,11 @@ class OptimusMinimiser(optx.AbstractMinimiser):
             from optimus.pretrained import load_pretrained
 
             params = load_pretrained(method)
+        if method in LEARNED_METHODS and options:  # update-rule fields, as in minimize
+            from optimus.solve import _with_rule_options
+
+            params = _with_rule_options(method, params, options)
+            options = {}
         get_optimizer(method, params=params, **options)  # validate now, not inside the solve
         self.method = method
         self.rtol = rtol

@@ -22,6 +22,7 @@ the processor busy (``scripts/bench_batch.py`` measures the ratio on this machin
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,9 +35,11 @@ from jax.flatten_util import ravel_pytree
 
 from optimus.result import OptimizeResult, Status, make_result
 from optimus.solve import (
+    Uncached,
     _as_float_tree,
     _check_scalar_output,
     _parse_bounds,
+    box_options,
     finalize,
     prepare_method,
     solve_core,
@@ -114,8 +117,7 @@ def _batch_size(tree: Any, what: str) -> int | None:
     return sizes.pop() if sizes else None
 
 
-@eqx.filter_jit
-def _solve_batch(
+def _solve_batch_impl(
     fun, args, x0_tree, box, gtol, key, params, dyn_options, method, options, steps, max_evals
 ):
     # method / options / steps / max_evals are Python values: static under filter_jit; so are
@@ -144,6 +146,13 @@ def _solve_batch(
         )
 
     return jax.vmap(one)(x0_tree, args_dyn)
+
+
+_solve_batch = eqx.filter_jit(_solve_batch_impl)
+
+
+def _call_batch_impl(*args, **kwargs):
+    return _solve_batch_impl(*args, **kwargs)
 
 
 def minimize_batch(
@@ -238,6 +247,7 @@ def minimize_batch(
     if box is not None:
         x0_flat = jnp.clip(x0_flat, box.lo, box.hi)
         x0_tree = jax.vmap(unravel)(x0_flat)
+    options_key = box_options(method, options_key, box)
     logger.debug(
         "minimize_batch: method=%s B=%d n=%d dtype=%s steps=%d max_evals=%d",
         method,
@@ -248,7 +258,10 @@ def minimize_batch(
         max_evals,
     )
     fun_dyn, fun_static = split_objective(fun)
-    carry, x_best, hess_inv, n_fallback = _solve_batch(
+    solve = _solve_batch
+    if isinstance(fun_static, Uncached):  # compiled for this call only (split_objective)
+        solve = eqx.filter_jit(functools.wraps(_solve_batch_impl)(_call_batch_impl))
+    carry, x_best, hess_inv, n_fallback = solve(
         eqx.combine(fun_dyn, fun_static),
         args,
         x0_tree,

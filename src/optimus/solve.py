@@ -14,9 +14,12 @@ and the objective is only ever evaluated inside the box. First-order and learned
 gradient steps). Line-search methods (BFGS, L-BFGS) instead see the clipped objective
 :math:`f(\mathrm{clip}(c + h z, lo, hi))`, differentiated so that a coordinate at or past a
 bound keeps the objective's gradient where it points back into the box and gets zero where it
-points out (:func:`_clip_kkt`): a coordinate a line search pushed onto a bound is released
-when the objective falls towards the inside, and a zero gradient is the box's KKT condition
-(a minimum on a bound ends ``CONVERGED`` there). The ``gtol`` test of the projected methods
+points out (:func:`_clip_kkt`), and every accepted iterate is clipped back into the box
+(``unit_box``, :func:`box_options`), so a line search continues from the projection, not from
+a flat region outside: a coordinate a line search pushed onto a bound is released when the
+objective falls towards the inside, and a zero gradient is the box's KKT condition (a minimum
+on a bound ends ``CONVERGED`` there). Not an active-set method: on 10 random boxed quadratics
+at n = 6 the tests compare the value with scipy's L-BFGS-B. The ``gtol`` test of the projected methods
 uses the same projected gradient. All learned methods were meta-trained in
 box-normalised coordinates, so passing the box of the problem is recommended.
 """
@@ -343,15 +346,15 @@ def solve_core(
     return carry, to_x(carry.best_x), hess_inv, _n_fallback(carry.state)
 
 
-_solve_jax = jax.jit(
-    _solve_jax_impl,
-    static_argnames=("fun_static", "method", "options", "steps", "max_evals", "verbose"),
-)
+_SOLVE_STATIC = ("fun_static", "method", "options", "steps", "max_evals", "verbose")
+_solve_jax = jax.jit(_solve_jax_impl, static_argnames=_SOLVE_STATIC)
 
 
-class _ByIdentity:
+class Uncached:
     """An objective that cannot be hashed (e.g. a plain dataclass with ``__call__``), made a
-    static argument of the compiled solve that is equal only to itself."""
+    static argument of a solve that is compiled for this call only: its attributes may have
+    changed since an earlier call, so no compiled loop is reused (see
+    :func:`split_objective`)."""
 
     __slots__ = ("fun",)
 
@@ -361,25 +364,31 @@ class _ByIdentity:
     def __call__(self, *args):
         return self.fun(*args)
 
-    def __hash__(self):
-        return id(self.fun)
-
-    def __eq__(self, other):
-        return isinstance(other, _ByIdentity) and other.fun is self.fun
-
 
 def split_objective(fun) -> tuple[Any, Any]:
     """``(dynamic, static)`` parts of an objective for the compiled solve: the arrays inside
     ``fun`` (e.g. of an ``equinox.Module`` objective) are traced and the rest is static, so
-    objectives that differ only in their arrays share one compilation. A static part that
-    cannot be hashed makes the whole objective static, compared by identity (its arrays are
-    then constants of the compiled loop, and each such object compiles once)."""
+    objectives that differ only in their arrays share one compilation. When the static part
+    cannot be hashed, the whole objective becomes an :class:`Uncached` static part (its arrays
+    are constants of a loop compiled for one call; make it an ``equinox.Module`` or hashable
+    to reuse the compiled loop)."""
     fun_dyn, fun_static = eqx.partition(fun, eqx.is_array)
     try:
         hash(fun_static)
     except TypeError:
-        return None, _ByIdentity(fun)
+        return None, Uncached(fun)
     return fun_dyn, fun_static
+
+
+def fresh_jit(impl, **jit_kwargs):
+    """``jax.jit`` of a new function object wrapping ``impl``, whose compilation cache dies
+    with it (for :class:`Uncached` objectives)."""
+
+    @functools.wraps(impl)
+    def call(*args, **kwargs):
+        return impl(*args, **kwargs)
+
+    return jax.jit(call, **jit_kwargs)
 
 
 def _print_progress(method, nit, nfev, best_f, gnorm) -> None:
@@ -542,6 +551,17 @@ def prepare_method(fun, method, steps, max_evals, gtol, params, options):
     return method, steps, max_evals, params, options_key, dyn_options
 
 
+def box_options(method: str, options_key: tuple, box: _Box | None) -> tuple:
+    """The static options with ``unit_box=True`` added for a line-search method solving in
+    box-normalised coordinates (it then clips every accepted iterate into the box, see
+    :func:`optimus.optimizers.quasi_newton.bfgs`)."""
+    if box is None or method in LEARNED_METHODS:
+        return options_key
+    if not get_optimizer(method, **dict(options_key)).uses_line_search:
+        return options_key
+    return tuple(sorted({**dict(options_key), "unit_box": True}.items()))
+
+
 def minimize(
     fun: Callable[..., Any],
     x0: Any,
@@ -657,6 +677,7 @@ def minimize(
     if box is not None:
         x0_flat = jnp.clip(x0_flat, box.lo, box.hi)
         x0_tree = unravel(x0_flat)
+    options_key = box_options(method, options_key, box)
     dtype = x0_flat.dtype
     common = dict(
         method=method, options=options_key, steps=steps, params=params, dyn_options=dyn_options
@@ -674,7 +695,10 @@ def minimize(
     if jac is None and callback is None:
         _check_scalar_output(fun, x0_tree)
         fun_dyn, fun_static = split_objective(fun)
-        carry, x_best, hess_inv, n_fallback = _solve_jax(
+        solve = _solve_jax
+        if isinstance(fun_static, Uncached):
+            solve = fresh_jit(_solve_jax_impl, static_argnames=_SOLVE_STATIC)
+        carry, x_best, hess_inv, n_fallback = solve(
             fun_static=fun_static,
             fun_dyn=fun_dyn,
             x0_tree=x0_tree,

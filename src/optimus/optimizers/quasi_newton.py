@@ -227,7 +227,7 @@ def _extrapolate(a0, f0, d0, a1, f1, d1):
 # ----------------------------------------------------------------------------- driver core
 
 
-def _make(method: _Method, *, c1: float, c2: float, max_linesearch: int):
+def _make(method: _Method, *, c1: float, c2: float, max_linesearch: int, unit_box: bool):
     if not 0.0 < c1 < c2 < 1.0:
         raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1}, c2={c2}")
     if max_linesearch < 1:
@@ -336,6 +336,12 @@ def _make(method: _Method, *, c1: float, c2: float, max_linesearch: int):
 
         # ---- new iterate and inverse-Hessian information
         x_n = jnp.where(take_new, jnp.where(acc_best, best_x, state.x), state.x_k)
+        if unit_box:
+            # bounds (optimus.minimize): the objective is f(clip(x)), so an accepted point
+            # past the box has the value and gradient of its projection; continue from the
+            # projection, where the slope the gradient reports is real, not from a flat
+            # region outside the box
+            x_n = jnp.clip(x_n, -1, 1).astype(dt)
         f_n = jnp.where(take_new, jnp.where(acc_best, best_f, f), state.f_k)
         g_n = jnp.where(take_new, jnp.where(acc_best, best_g, g), state.g_k)
         s = (x_n - state.x_k).ravel()
@@ -447,14 +453,18 @@ def bfgs(
     c2: float = 0.9,
     max_linesearch: int = 20,
     init_step: float | None = None,
+    unit_box: bool = False,
 ) -> Optimizer:
-    """Dense BFGS (N&W Alg. 6.1) with a strong-Wolfe line search.
+    r"""Dense BFGS (N&W Alg. 6.1) with a strong-Wolfe line search.
 
     Args:
         c1, c2: Wolfe constants, ``0 < c1 < c2 < 1``.
         max_linesearch: evaluations per line search before falling back (see module doc).
         init_step: ``None`` for the scipy-like initial trial step (N&W eq. 3.60); a positive
             float to start every line search from that step length instead.
+        unit_box: clip every accepted iterate into :math:`[-1, 1]^n` (set by
+            :func:`optimus.minimize` with ``bounds``, whose objective is then
+            :math:`f(\mathrm{clip}(c + h z))` in box-normalised coordinates :math:`z`).
 
     ``hess_inv(state)`` returns the dense inverse-Hessian estimate ``H`` (``(n, n)``).
     """
@@ -479,7 +489,9 @@ def bfgs(
         return jnp.where(a > 0, jnp.minimum(1.0, a), 1.0)
 
     method = _Method(init_mem, reset_mem, _bfgs_update, direction, initial_step)
-    init, update = _make(method, c1=c1, c2=c2, max_linesearch=max_linesearch)
+    init, update = _make(
+        method, c1=c1, c2=c2, max_linesearch=max_linesearch, unit_box=bool(unit_box)
+    )
     return Optimizer(
         name="bfgs",
         init=init,
@@ -539,6 +551,7 @@ def lbfgs(
     c1: float = 1e-4,
     c2: float = 0.9,
     max_linesearch: int = 20,
+    unit_box: bool = False,
 ) -> Optimizer:
     """Limited-memory BFGS (N&W Alg. 7.5) with a strong-Wolfe line search.
 
@@ -546,6 +559,7 @@ def lbfgs(
         memory: number of ``(s, y)`` pairs kept (fixed-size circular buffers).
         c1, c2: Wolfe constants, ``0 < c1 < c2 < 1``.
         max_linesearch: evaluations per line search before falling back (see module doc).
+        unit_box: clip every accepted iterate into :math:`[-1, 1]^n` (as for :func:`bfgs`).
 
     ``hess_inv`` is ``None``; :func:`lbfgs_inverse_hessian` builds the dense matrix if wanted.
     """
@@ -570,7 +584,9 @@ def lbfgs(
         return jnp.where(first, inv, jnp.where(retry, jnp.minimum(1.0, inv), 1.0))
 
     method = _Method(init_mem, reset_mem, _lbfgs_update, _lbfgs_direction, initial_step)
-    init, update = _make(method, c1=c1, c2=c2, max_linesearch=max_linesearch)
+    init, update = _make(
+        method, c1=c1, c2=c2, max_linesearch=max_linesearch, unit_box=bool(unit_box)
+    )
     return Optimizer(name="lbfgs", init=init, update=update, hess_inv=None, uses_line_search=True)
 
 

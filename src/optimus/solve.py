@@ -19,8 +19,8 @@ points out (:func:`_clip_kkt`), and every accepted iterate is clipped back into 
 a flat region outside: a coordinate a line search pushed onto a bound is released when the
 objective falls towards the inside, and a zero gradient is the box's KKT condition (a minimum
 on a bound ends ``CONVERGED`` there). Not an active-set method: on 10 random boxed quadratics
-at n = 6 the tests compare the value with scipy's L-BFGS-B. The ``gtol`` test of the projected methods
-uses the same projected gradient. All learned methods were meta-trained in
+at n = 6 the tests compare the value with scipy's L-BFGS-B. The ``gtol`` test of the
+projected methods uses the same projected gradient. All learned methods were meta-trained in
 box-normalised coordinates, so passing the box of the problem is recommended.
 """
 

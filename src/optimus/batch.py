@@ -22,7 +22,6 @@ the processor busy (``scripts/bench_batch.py`` measures the ratio on this machin
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +40,7 @@ from optimus.solve import (
     _parse_bounds,
     box_options,
     finalize,
+    fresh_jit,
     prepare_method,
     solve_core,
     split_objective,
@@ -151,10 +151,6 @@ def _solve_batch_impl(
 _solve_batch = eqx.filter_jit(_solve_batch_impl)
 
 
-def _call_batch_impl(*args, **kwargs):
-    return _solve_batch_impl(*args, **kwargs)
-
-
 def minimize_batch(
     fun: Callable[..., Any],
     x0: Any,
@@ -236,13 +232,12 @@ def minimize_batch(
             "array in args needs the same leading axis as x0"
         )
     x0_first = jax.tree.map(lambda a: a[0], x0_tree)
-    flat_first, _ = ravel_pytree(x0_first)
+    flat_first, unravel = ravel_pytree(x0_first)
     if flat_first.size == 0:
         raise ValueError("x0 has no elements per problem")
     args_first = jax.tree.map(lambda a: a[0] if eqx.is_array(a) else a, args)
     _check_scalar_output(lambda x: fun(x, *args_first), x0_first)
     x0_flat = jax.vmap(lambda t: ravel_pytree(t)[0])(x0_tree)
-    unravel = ravel_pytree(x0_first)[1]
     box = _parse_bounds(bounds, flat_first)
     if box is not None:
         x0_flat = jnp.clip(x0_flat, box.lo, box.hi)
@@ -260,7 +255,7 @@ def minimize_batch(
     fun_dyn, fun_static = split_objective(fun)
     solve = _solve_batch
     if isinstance(fun_static, Uncached):  # compiled for this call only (split_objective)
-        solve = eqx.filter_jit(functools.wraps(_solve_batch_impl)(_call_batch_impl))
+        solve = fresh_jit(_solve_batch_impl, jit=eqx.filter_jit)
     carry, x_best, hess_inv, n_fallback = solve(
         eqx.combine(fun_dyn, fun_static),
         args,

@@ -380,15 +380,15 @@ def split_objective(fun) -> tuple[Any, Any]:
     return fun_dyn, fun_static
 
 
-def fresh_jit(impl, **jit_kwargs):
-    """``jax.jit`` of a new function object wrapping ``impl``, whose compilation cache dies
-    with it (for :class:`Uncached` objectives)."""
+def fresh_jit(impl, jit=jax.jit, **jit_kwargs):
+    """``jit`` (``jax.jit`` or ``equinox.filter_jit``) of a new function object wrapping
+    ``impl``, whose compilation cache dies with it (for :class:`Uncached` objectives)."""
 
     @functools.wraps(impl)
     def call(*args, **kwargs):
         return impl(*args, **kwargs)
 
-    return jax.jit(call, **jit_kwargs)
+    return jit(call, **jit_kwargs)
 
 
 def _print_progress(method, nit, nfev, best_f, gnorm) -> None:

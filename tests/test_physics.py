@@ -354,6 +354,89 @@ def test_summary_reach_is_per_split():
     assert summary["methods"]["adam"]["by_split"]["test"]["median_evals_to_reach"] == 4
 
 
+def test_reach_is_never_credited_without_a_finite_target_or_loss():
+    """No baseline with a finite final loss: no method 'reaches' the (infinite) target; a
+    non-finite loss never counts as reaching one."""
+    from optimus.physics import bench
+
+    assert bench._evals_to_reach(np.array([np.inf, np.inf]), np.inf) == np.inf
+    assert bench._evals_to_reach(np.array([np.nan, 2.0, 1.0]), 1.5) == 3
+    assert bench._evals_to_reach(np.array([3.0, 2.0]), 1.0) == np.inf
+
+
+def test_recorder_skips_points_with_a_non_finite_gradient(monkeypatch):
+    """The recorded best-so-far curve follows the solver's acceptance rule: a trial point with
+    a finite loss but a NaN gradient (rejected by the solver) is not recorded as best."""
+    from optimus.physics import bench
+    from optimus.physics import objective as O
+
+    n, calls = 4, []
+
+    def value_and_grad(theta, data):
+        calls.append(1)
+        th = np.asarray(theta, float)
+        if len(calls) == 2:  # a trial point: finite and very low, but its gradient is NaN
+            v, g = 0.01, np.full(n, np.nan)
+        else:
+            v, g = float(np.sum((th - 0.5) ** 2)) + 1.0, 2 * (th - 0.5)
+        return (v, (None, None, np.zeros((8, 15, 3)), None)), g
+
+    class Toy:
+        bounds = (-1.0, 1.0)
+        data = None
+
+        def __init__(self):
+            self.n = n
+
+        def pad(self, theta):
+            return np.asarray(theta)
+
+        def evaluate(self, theta):
+            v = float(np.sum((np.asarray(theta) - 0.5) ** 2)) + 1.0
+            return v, None, None, np.zeros((8, 15, 3)), None
+
+    monkeypatch.setattr(O, "value_and_grad", value_and_grad)
+    out = bench.solve_window(Toy(), "adam", 10, lr=0.05)
+    assert out["n_rejected"] >= 1
+    assert np.all(out["losses"] > 1.0)  # the NaN-gradient point (0.01) is not in the curve
+    assert out["losses"][-1] == pytest.approx(out["final"], rel=1e-6)
+
+
+def test_launched_clips_are_rejected_and_none_is_committed(data):
+    """A clip thrown up by a contact instability (pelvis far above its start, or fast) is
+    redrawn; no committed clip is one (one was, test_mismatch[2] before 2026-11-28)."""
+    t = np.arange(40) * 0.02
+    kps = np.zeros((40, M.N_KEYPOINTS, 3))
+    kps[:, :, 2] = 1.0
+    kps[:, 0, 2] = 1.6  # head above the pelvis
+    assert not MO._launched(kps, 1.0) and not MO._fell(kps, 1.0)
+    up = kps.copy()
+    up[:, M.PELVIS, 2] = 1.0 + 0.5 * np.sin(np.pi * t)  # rises to 1.5 slowly (< 4 m/s)
+    up[:, 0, 2] = up[:, M.PELVIS, 2] + 0.6
+    assert MO._launched(up, 1.0)
+    fast = kps.copy()
+    fast[20:, M.PELVIS, 0] = 0.1  # 0.1 m in one 20 ms frame: 5 m/s
+    assert MO._launched(fast, 1.0)
+    for split, d in data.items():
+        for c, kp in enumerate(d["kp3d"]):
+            pelvis0 = float(kp[0, M.PELVIS, 2])
+            assert not MO._launched(kp, pelvis0), (split, c)
+            assert not MO._fell(kp, pelvis0), (split, c)
+
+
+def test_goal_windows_correct_the_root_height_of_every_mismatch_window(data):
+    from optimus.physics import bench
+
+    clip = {k: v[0] for k, v in data["test_mismatch"].items()}
+    shift = bench.clip_start(clip)[0][2] - clip["qpos"][0][2]
+    assert abs(shift) > 1e-3  # the bodies differ
+    objs = dict(bench.goal_windows(clip, "m", 3, 4, M.model_arrays()))
+    assert list(objs) == ["m", "mw1", "mw2"]
+    for w, obj in enumerate(objs.values()):
+        qpos0 = np.asarray(obj.data.qpos0)
+        assert qpos0[2] - clip["qpos"][w][2] == pytest.approx(shift, abs=1e-6)
+
+
 def test_goal_check_needs_both_speed_and_mpjpe_on_every_split():
     from optimus.physics import bench
 

@@ -123,7 +123,11 @@ def load_weights(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, st
 
 
 class _Recorder:
-    """Host objective that records, per evaluation, the best-so-far loss and keypoints."""
+    """Host objective that records, per evaluation, the best-so-far loss and keypoints.
+
+    A point counts only when its loss *and* gradient are finite, the rule by which the
+    optimizers accept a trial point: a finite loss with a non-finite gradient is rejected by
+    the solver, so it must not enter the curves either."""
 
     def __init__(self, obj):
         self.obj = obj
@@ -137,12 +141,13 @@ class _Recorder:
 
         (val, (_, _, kps, _)), g = O.value_and_grad(self.obj.pad(theta), self.obj.data)
         val = float(val)
-        if np.isfinite(val) and val < self.best:
+        g = np.asarray(g, np.float64)[: self.obj.n]
+        if np.isfinite(val) and val < self.best and np.all(np.isfinite(g)):
             self.best = val
             self.best_kps = np.asarray(kps)
         self.losses.append(self.best)
         self.kps.append(self.best_kps)
-        return val, np.asarray(g, np.float64)[: self.obj.n]
+        return val, g
 
 
 def _window(clip: dict, w: int, qpos, qvel, k: int, model_dyn):
@@ -229,13 +234,14 @@ def tune_adam(data: dict, settings: dict, log) -> float:
     return best
 
 
-def clip_start(clip: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The state a reconstruction of ``clip`` starts from: its true initial state, with the
-    root height of a model-mismatch clip shifted so that the nominal body (the one every
+def clip_start(clip: dict, window: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The state a reconstruction of ``clip`` starts from at ``window`` (default the first):
+    its true state there, with the root height of a model-mismatch clip shifted by the
+    difference of the two bodies' standing heights, so that the nominal body (the one every
     reconstruction simulates) stands on the floor."""
     from optimus.physics import model as M
 
-    qpos, qvel = clip["qpos"][0].copy(), clip["qvel"][0]
+    qpos, qvel = clip["qpos"][window].copy(), clip["qvel"][window]
     mismatch = M.Mismatch(*map(float, clip["mismatch"]))
     if mismatch != M.NOMINAL:
         # the true state belongs to another body: put the nominal body's feet on the floor
@@ -257,12 +263,14 @@ def goal_windows(clip: dict, name: str, windows: int, k: int, model_dyn):
     ``scripts/physics_goal_noise.py``): window 0 as the benchmark builds it
     (:func:`first_window`) and, for ``windows > 1``, the next ones started from the
     ground-truth state, i.e. independent problems. Yields ``(key, objective)`` with keys
-    ``name``, ``name + "w1"``, ..."""
+    ``name``, ``name + "w1"``, ... Every window of a ``test_mismatch`` clip starts with the
+    root-height correction of :func:`clip_start` (the true state belongs to another body)."""
     for w in range(min(windows, len(clip["qpos"]) - 1)):
         if w == 0:
             yield name, first_window(clip, k, model_dyn)
         else:
-            yield f"{name}w{w}", _window(clip, w, clip["qpos"][w], clip["qvel"][w], k, model_dyn)
+            qpos, qvel = clip_start(clip, w)
+            yield f"{name}w{w}", _window(clip, w, qpos, qvel, k, model_dyn)
 
 
 def add_learned_arguments(parser: argparse.ArgumentParser, default: str) -> None:
@@ -346,7 +354,12 @@ def _finite_or_inf(x: float) -> float:
 
 
 def _evals_to_reach(losses: np.ndarray, target: float) -> float:
-    hit = np.nonzero(losses <= target)[0]
+    """1-based evaluation at which ``losses`` first reach ``target`` (``inf`` if never, or
+    if the target itself is not finite: no baseline ended the window with a finite loss)."""
+    if not np.isfinite(target):
+        return float("inf")
+    losses = np.asarray(losses, float)
+    hit = np.nonzero(np.isfinite(losses) & (losses <= target))[0]
     return float(hit[0] + 1) if hit.size else float("inf")
 
 

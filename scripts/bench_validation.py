@@ -23,6 +23,12 @@ import argparse
 import time
 from pathlib import Path
 
+#: Perm's largest dimension in the validation cells: 10, as when the validation numbers quoted
+#: in the README were measured (the benchmark itself now stops at 6, where Perm's squared
+#: gradient norm still fits float32: see optimus.bench.run.PERM_MAX_DIM); kept so that those
+#: numbers stay reproducible.
+VALIDATION_PERM_MAX_DIM = 10
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from optimus import functions as F
-    from optimus.bench.run import PERM_MAX_DIM, final_log10
+    from optimus.bench.run import final_log10
     from optimus.optimizers import learned_method_of
     from optimus.pretrained import available, load_pretrained
     from optimus.serialization import load_params
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         fn = F.get(name)
         for n in dims:
-            if n % fn.dim_multiple or (name == "perm" and n > PERM_MAX_DIM):
+            if n % fn.dim_multiple or (name == "perm" and n > VALIDATION_PERM_MAX_DIM):
                 continue
             cells.append((name, n))
     seeds = range(args.seed_start, args.seed_start + args.seeds)

@@ -205,6 +205,66 @@ def test_log10_floor():
     assert math.isnan(B.log10_floor(math.inf))
 
 
+def _counting(fn):
+    calls = []
+
+    def score(lr):
+        calls.append(lr)
+        return fn(lr)
+
+    return score, calls
+
+
+GRID = B._log_grid(-4, 0, 0.5)  # 1e-4 ... 1 (the full protocol's adam grid)
+
+
+def test_tuning_interior_optimum_scores_the_grid_only():
+    score, calls = _counting(lambda lr: (math.log10(lr) + 2.1) ** 2)
+    lr, tried = B.tune_learning_rate(score, GRID)
+    assert lr == 0.01
+    assert calls == list(GRID)
+    assert [t[0] for t in tried] == list(GRID)
+
+
+def test_tuning_extends_past_the_upper_end_until_the_score_rises():
+    # optimum at lr = 10^1.1: the grid's best is its end (1), then 3.16 and 10 are better,
+    # 31.6 is worse: extension stops there and 10 is chosen
+    score, calls = _counting(lambda lr: (math.log10(lr) - 1.1) ** 2)
+    lr, tried = B.tune_learning_rate(score, GRID)
+    assert lr == 10.0
+    assert calls[len(GRID) :] == [3.16, 10.0, 31.6]
+    assert tried[-1] == (31.6, pytest.approx((math.log10(31.6) - 1.1) ** 2))
+
+
+def test_tuning_extends_past_the_lower_end_at_most_grid_extension_steps():
+    # score keeps falling as lr -> 0: the extension stops at its limit, which the report
+    # marks as the edge
+    score, calls = _counting(lambda lr: math.log10(lr))
+    lr, _ = B.tune_learning_rate(score, GRID)
+    assert calls[len(GRID) :] == [3.16e-05, 1e-05, 3.16e-06, 1e-06]
+    assert len(calls) == len(GRID) + B.GRID_EXTENSION
+    assert lr == 1e-06 == B.grid_limits(GRID)[0]
+    assert B.grid_limits(GRID) == (1e-06, 100.0)
+    assert B.grid_limits(B._log_grid(-8, 0, 0.5)) == (1e-10, 100.0)
+
+
+def test_tuning_ties_and_non_finite_scores():
+    # every rate ties (e.g. all at the floor): the smallest wins, one extra value is tried
+    score, calls = _counting(lambda lr: -30.0)
+    lr, _ = B.tune_learning_rate(score, GRID)
+    assert lr == GRID[0] and len(calls) == len(GRID) + 1
+    # nothing finite: the first grid value, no extension
+    score, calls = _counting(lambda lr: math.inf)
+    lr, _ = B.tune_learning_rate(score, GRID)
+    assert lr == GRID[0] and calls == list(GRID)
+    # a non-finite value past the end stops the extension
+    score, calls = _counting(lambda lr: -math.log10(lr) if lr <= 1 else math.inf)
+    lr, _ = B.tune_learning_rate(score, GRID)
+    assert lr == 1.0 and calls[len(GRID) :] == [3.16]
+    with pytest.raises(ValueError, match="empty grid"):
+        B.tune_learning_rate(score, ())
+
+
 # -- report statistics on synthetic runs (no JAX) -------------------------------------------
 
 
@@ -251,8 +311,8 @@ def test_report_statistics_synthetic():
     assert st.winners("sphere", "transformed", 2) == ["bfgs", "lbfgs"]
     assert st.winners("rastrigin", "transformed", 10) == ["optimus"]
     text = R.build_report(res)
-    assert "beats adam **and** sgdm (tuned) in 100% (4/4)" in text
-    assert "beats the better of bfgs/lbfgs in 50% (2/4)" in text
+    assert "beats adam **and** sgdm (tuned) by >= 0.01 decades in 100% (4/4)" in text
+    assert "beats the better of bfgs/lbfgs by >= 0.01 decades in 50% (2/4)" in text
     # multimodal at n >= 10: rastrigin n=10, margin to the best classical (adam -4) = 2 decades
     assert "(bfgs, lbfgs, adam, sgdm): mean +2.00, median +2.00, min +2.00, max +2.00" in text
     # smooth gap to bfgs/lbfgs: optimus -6 vs -8 = +2 decades (optimus worse)
@@ -277,14 +337,34 @@ def test_report_counts_ties_and_floor_cells_that_no_method_can_win():
         for s in range(3):
             runs.extend(_fake(m, func, n, s, by[m]) for m in methods)
     text = R.build_report(_fake_results(runs, methods, cells))
-    assert "beats adam **and** sgdm (tuned) in 50% (2/4) of cells" in text
+    assert "beats adam **and** sgdm (tuned) by >= 0.01 decades in 50% (2/4) of cells" in text
     assert (
-        "Ties (|difference| < 0.01 decades) in 1 of 4 cells, 0 of them with both at the -30 "
-        "floor; outside ties Optimus is lower in 67% (2/3)."
+        "Ties (|difference| < 0.01 decades, not counted as wins) in 1 of 4 cells, 0 of them "
+        "with both at the -30 floor; 1 losses; outside ties Optimus is lower in 67% (2/3)."
     ) in text
-    assert "beats the better of bfgs/lbfgs in 25% (1/4) of cells." in text
-    assert "Ties (|difference| < 0.01 decades) in 2 of 4 cells, 1 of them with both" in text
+    assert "beats the better of bfgs/lbfgs by >= 0.01 decades in 25% (1/4) of cells." in text
+    assert "not counted as wins) in 2 of 4 cells, 1 of them with both" in text
     assert "outside ties Optimus is lower in 50% (1/2)." in text
+
+
+def test_a_lead_smaller_than_the_tie_threshold_is_not_a_win():
+    """A cell won by 0.005 decades is a tie: it counts neither as a win in the targets nor
+    as a single winner in the tables (found by a review: strict '<' counted such cells)."""
+    methods = ("optimus", "adam", "sgdm", "bfgs", "lbfgs")
+    value = {
+        ("rastrigin", 10): dict(optimus=2.000, adam=2.005, sgdm=2.5, bfgs=2.004, lbfgs=2.1),
+        ("levy", 10): dict(optimus=1.0, adam=1.5, sgdm=1.5, bfgs=1.5, lbfgs=1.5),
+    }
+    runs, cells = [], []
+    for (func, n), by in value.items():
+        cells.append((func, "transformed", n))
+        for s in range(3):
+            runs.extend(_fake(m, func, n, s, by[m]) for m in methods)
+    res = _fake_results(runs, methods, cells)
+    text = R.build_report(res)
+    assert "beats adam **and** sgdm (tuned) by >= 0.01 decades in 50% (1/2) of cells" in text
+    assert "beats the better of bfgs/lbfgs by >= 0.01 decades in 50% (1/2) of cells" in text
+    assert set(R.Stats(res).winners("rastrigin", "transformed", 10)) == {"optimus", "adam", "bfgs"}
 
 
 def test_speedup_synthetic():

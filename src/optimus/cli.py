@@ -60,6 +60,8 @@ def _throughput(args: argparse.Namespace) -> int:
 
     try:
         print(f"written {main(args.out)}")
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
     except OSError as e:
         raise UsageError(f"cannot write to {args.out}: {e}") from None
     return 0

@@ -84,7 +84,7 @@ class Stats:
         if not means:
             return []
         low = min(means.values())
-        return [m for m, v in means.items() if v <= low + 1e-9]
+        return [m for m, v in means.items() if v < low + TIE]
 
     # -- speed-up --------------------------------------------------------------------------
 
@@ -179,7 +179,10 @@ def _settings(results: BenchResults, versions: dict[str, str], figures: Sequence
         + ", ".join(m for m in R.TUNED_METHODS)
         + " tuned per (function, variant, dimension) on the tuning seeds (lowest mean final "
         "log10 objective; ties: the smaller rate). Grids: "
-        + "; ".join(f"{m}: {', '.join(f'{x:g}' for x in g)}" for m, g in c.lr_grids.items()),
+        + "; ".join(f"{m}: {', '.join(f'{x:g}' for x in g)}" for m, g in c.lr_grids.items())
+        + f". When the best value lies at an end of its grid, the grid is extended past that "
+        f"end one step at a time, up to {R.GRID_EXTENSION} steps, while the next value scores "
+        "strictly lower.",
         f"- Metric: log10(f - f*) of the best objective seen (f* = 0 exactly), floored at "
         f"{R.LOG10_FLOOR:g} (an exact 0 reads as {R.LOG10_FLOOR:g}); mean ± 95% Student-t "
         "confidence interval over seeds. A cell is n/a when some run had no finite value "
@@ -202,7 +205,8 @@ def _settings(results: BenchResults, versions: dict[str, str], figures: Sequence
 
 def _result_tables(s: Stats) -> list[str]:
     lines = [
-        "## Results: mean ± 95% CI of log10(f - f*) (lower is better; best in bold)",
+        "## Results: mean ± 95% CI of log10(f - f*) (lower is better; best, and any within "
+        "0.01 decades of it, in bold)",
         "",
     ]
     for func in s.functions:
@@ -242,7 +246,7 @@ def _wins(s: Stats) -> list[str]:
         "## Wins per method",
         "",
         "Cells (function, dimension) where the method has the lowest mean log10 objective "
-        "(ties count for every tied method).",
+        "(every method within 0.01 decades of the lowest counts: a tie).",
         "",
     ]
     rows = []
@@ -356,6 +360,8 @@ def _termination(s: Stats) -> list[str]:
 
 
 def _tuning(s: Stats) -> list[str]:
+    from optimus.bench import run as R
+
     tuned = s.results.tuned_lr
     if not tuned:
         return []
@@ -363,8 +369,9 @@ def _tuning(s: Stats) -> list[str]:
     lines = [
         "## Tuned learning rates",
         "",
-        "Chosen per (function, variant, dimension) on the tuning seeds; '(edge)' marks a value "
-        "at the end of its grid (the optimum may lie outside the grid).",
+        "Chosen per (function, variant, dimension) on the tuning seeds, the grid extended past "
+        f"an end by up to {R.GRID_EXTENSION} steps when the best value lay there; '(edge)' "
+        "marks a value at the limit of that extension (the optimum may lie beyond it).",
         "",
     ]
     grids = s.config.lr_grids
@@ -379,32 +386,45 @@ def _tuning(s: Stats) -> list[str]:
             if lr is None:
                 row.append("n/a")
                 continue
-            edge = lr in (grids[m][0], grids[m][-1])
+            edge = lr in R.grid_limits(grids[m])
             n_edge += edge
             row.append(f"{lr:g}" + (" (edge)" if edge else ""))
         rows.append(row)
     lines += _table(["function", "variant", "n", *methods], rows)
-    lines += [f"{n_edge} of {len(tuned)} tuned values lie at the edge of their grid.", ""]
+    lines += [
+        f"{n_edge} of {len(tuned)} tuned values lie at the limit of their extended grid.",
+        "",
+    ]
     return lines
 
 
 TIE = 0.01  # decades: mean log10 objectives closer than this count as a tie
 
 
+def _beats(ours: float, theirs: float) -> bool:
+    """A win: lower by at least ``TIE`` decades (a smaller difference is a tie, not a win)."""
+    return ours <= theirs - TIE
+
+
 def _ties(cells, ours, theirs) -> str:
     """How many cells are ties (|difference| < ``TIE`` decades), which no method can win,
-    and how many of them sit at the log10 floor (both exact to float precision)."""
+    how many of them sit at the log10 floor (both exact to float precision), and the share
+    of the remaining cells that Optimus wins."""
     from optimus.bench.run import LOG10_FLOOR
 
     tied = [(f, n) for f, n in cells if abs(ours(f, n) - theirs(f, n)) < TIE]
+    losses = sum(
+        ours(f, n) > theirs(f, n) for f, n in cells if (f, n) not in tied
+    )  # fmt: skip
     if not tied:
-        return " No ties."
+        return f" No ties; {losses} losses."
     floor = sum(max(ours(f, n), theirs(f, n)) <= LOG10_FLOOR + TIE for f, n in tied)
     wins = sum(ours(f, n) < theirs(f, n) for f, n in cells if (f, n) not in tied)
     return (
-        f" Ties (|difference| < {TIE} decades) in {len(tied)} of {len(cells)} cells, "
-        f"{floor} of them with both at the {LOG10_FLOOR:g} floor; outside ties Optimus is "
-        f"lower in {_pct(wins, len(cells) - len(tied))}."
+        f" Ties (|difference| < {TIE} decades, not counted as wins) in {len(tied)} of "
+        f"{len(cells)} cells, {floor} of them with both at the {LOG10_FLOOR:g} floor; "
+        f"{losses} losses; outside ties Optimus is lower in "
+        f"{_pct(wins, len(cells) - len(tied))}."
     )
 
 
@@ -440,11 +460,14 @@ def _issue_targets(s: Stats) -> list[str]:
             for f, n in cells
             if all(map(math.isfinite, [m_(x, f, n) for x in (OPTIMUS, "adam", "sgdm")]))
         ]
-        b_adam = sum(m_(OPTIMUS, f, n) < m_("adam", f, n) for f, n in ok)
-        b_sgdm = sum(m_(OPTIMUS, f, n) < m_("sgdm", f, n) for f, n in ok)
-        both = sum(m_(OPTIMUS, f, n) < min(m_("adam", f, n), m_("sgdm", f, n)) for f, n in ok)
+        b_adam = sum(_beats(m_(OPTIMUS, f, n), m_("adam", f, n)) for f, n in ok)
+        b_sgdm = sum(_beats(m_(OPTIMUS, f, n), m_("sgdm", f, n)) for f, n in ok)
+        both = sum(
+            _beats(m_(OPTIMUS, f, n), min(m_("adam", f, n), m_("sgdm", f, n))) for f, n in ok
+        )
         lines.append(
-            f"- Optimus beats adam **and** sgdm (tuned) in {_pct(both, len(ok))} of cells "
+            f"- Optimus beats adam **and** sgdm (tuned) by >= {TIE} decades in "
+            f"{_pct(both, len(ok))} of cells "
             f"(adam alone: {_pct(b_adam, len(ok))}; sgdm alone: {_pct(b_sgdm, len(ok))})."
             + _ties(
                 ok,
@@ -462,9 +485,10 @@ def _issue_targets(s: Stats) -> list[str]:
             for f, n in cells
             if math.isfinite(m_(OPTIMUS, f, n)) and all(math.isfinite(m_(q, f, n)) for q in qn)
         ]
-        k = sum(m_(OPTIMUS, f, n) < min(m_(q, f, n) for q in qn) for f, n in ok)
+        k = sum(_beats(m_(OPTIMUS, f, n), min(m_(q, f, n) for q in qn)) for f, n in ok)
         lines.append(
-            f"- Optimus beats the better of {'/'.join(qn)} in {_pct(k, len(ok))} of cells."
+            f"- Optimus beats the better of {'/'.join(qn)} by >= {TIE} decades in "
+            f"{_pct(k, len(ok))} of cells."
             + _ties(ok, lambda f, n: m_(OPTIMUS, f, n), lambda f, n: min(m_(q, f, n) for q in qn))
         )
     else:

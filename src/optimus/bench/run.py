@@ -19,7 +19,10 @@ key ``fold_in(key(0), s)`` (disjoint for s < 1000); each key is split into a pro
 (shift and rotation of the transformed / off-centre variants) and a starting-point key
 (``x0 = problem.sample_x0(key)``, uniform in the box). The learning rates of adam / sgd / sgdm
 are tuned per (function, variant, dimension) on the tuning seeds only: the grid value with the
-lowest mean final log10 objective wins (ties: the smallest learning rate).
+lowest mean final log10 objective wins (ties: the smallest learning rate). When that value lies
+at an end of its grid, the grid is extended past that end, one grid step at a time (at most
+``GRID_EXTENSION`` steps), for as long as the next value scores strictly lower
+(:func:`tune_learning_rate`), so a tuned baseline is not capped by the grid's range.
 
 Timing: ``compile_s`` is measured once per (method, dimension) as the first call minus an
 immediately repeated identical call; ``wall_s`` is the time of a call whose solve is already
@@ -37,6 +40,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +59,14 @@ __all__ = [
 
 #: Values at or below this floor (including an exact 0) are reported as log10 = -30.
 LOG10_FLOOR = -30.0
-#: Perm(0,d,β) is skipped above this dimension: its values reach ~1e26 at d = 10 and overflow
-#: float32 from random starts at d of about 16 (x_j^d with |x| up to d).
-PERM_MAX_DIM = 10
+#: Perm(0,d,β) is skipped above this dimension. Its values reach ~1e26 at d = 10 and overflow
+#: float32 from random starts at d of about 16 (x_j^d with |x| up to d), but its gradient in
+#: box coordinates overflows float32 *squared* norms much earlier: the largest starting
+#: |gradient| over 10 benchmark seeds is 1.9e15 at d = 6, 5.7e22 at d = 8 and 8.3e30 at d = 10
+#: (|g|^2 > 3.4e38). At d = 10 BFGS, L-BFGS and Adam then stopped at the starting point and the
+#: learned methods ran on their safeguard's gradient steps only (a review, 2026-11-28), so the
+#: cell measured float32 overflow, not optimization; it was dropped (it had been d <= 10).
+PERM_MAX_DIM = 6
 #: Reference methods run through ``scipy.optimize.minimize`` (host loop, float64, the objective
 #: and its gradient one jitted JAX call): the baseline of the wall-time comparison and a
 #: cross-check of optimus' own L-BFGS. Not counted among the issue-target baselines.
@@ -103,6 +112,59 @@ LR_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
         "sgdm": _log_grid(-7, 0, 1),
     },
 }
+
+#: how many grid steps past either end of its grid the tuning may go when the best value lies
+#: at that end (see :func:`tune_learning_rate`)
+GRID_EXTENSION = 4
+
+
+def grid_limits(grid: tuple[float, ...]) -> tuple[float, float]:
+    """The smallest and largest learning rate the tuning may reach from ``grid``: the grid's
+    ends moved ``GRID_EXTENSION`` grid steps outwards (a value there is reported as at the
+    edge)."""
+    if len(grid) < 2:
+        return grid[0], grid[-1]
+    lo_ratio = grid[1] / grid[0]
+    hi_ratio = grid[-1] / grid[-2]
+    return (
+        float(f"{grid[0] / lo_ratio**GRID_EXTENSION:.3g}"),
+        float(f"{grid[-1] * hi_ratio**GRID_EXTENSION:.3g}"),
+    )
+
+
+def tune_learning_rate(
+    score: Callable[[float], float], grid: tuple[float, ...]
+) -> tuple[float, list[tuple[float, float]]]:
+    r"""Pick the learning rate with the lowest ``score`` (mean final log10 objective on the
+    tuning seeds; ``inf`` when a run had no finite value) from ``grid``, extended past an end.
+
+    Every value of ``grid`` is scored; ties go to the smallest rate. If the best lies at the
+    first (last) grid value, rates one grid step further down (up) are scored in turn, at most
+    ``GRID_EXTENSION`` of them, as long as each scores strictly lower than the best so far.
+    Returns the chosen rate and every ``(rate, score)`` tried, in the order tried.
+    """
+    if not grid:
+        raise ValueError("tune_learning_rate: empty grid")
+    tried = [(float(lr), float(score(lr))) for lr in grid]
+    scores = [v for _, v in tried]
+    if not any(math.isfinite(v) for v in scores):
+        return tried[0][0], tried
+    k = int(np.argmin(scores))
+    best_lr, best = tried[k]
+    if len(grid) >= 2 and k in (0, len(grid) - 1):
+        if k == 0:
+            ratio, lr = grid[0] / grid[1], grid[0]
+        else:
+            ratio, lr = grid[-1] / grid[-2], grid[-1]
+        for _ in range(GRID_EXTENSION):
+            lr = float(f"{lr * ratio:.3g}")
+            value = float(score(lr))
+            tried.append((lr, value))
+            if not value < best:
+                break
+            best_lr, best = lr, value
+    return best_lr, tried
+
 
 #: Run times of the default protocol measured on the 2-core development machine (AMD EPYC,
 #: 2026-11-28), quoted in the report.
@@ -340,7 +402,7 @@ class BenchResults:
     methods: tuple[str, ...]  # methods actually run
     cells: list[tuple[str, str, int]]  # (function, variant, dim) actually run
     tuned_lr: dict[tuple[str, str, str, int], float]
-    tune_scores: dict[tuple[str, str, str, int], list[float]]
+    tune_scores: dict[tuple[str, str, str, int], list[tuple[float, float]]]
     compile_s: dict[tuple[str, int], float]
     notes: list[str]
     total_s: float = 0.0
@@ -398,9 +460,9 @@ def skipped_cells(config: BenchConfig) -> tuple[list[tuple[str, int]], list[str]
             )
         if too_big:
             notes.append(
-                f"{name}: dimension(s) {', '.join(map(str, too_big))} skipped (n/a): Perm(0,d,β) "
-                f"reaches ~1e26 at d = 10 and overflows float32 from d of about 16 (x_j^d with "
-                f"|x_j| up to d); skipped above d = {PERM_MAX_DIM}"
+                f"{name}: dimension(s) {', '.join(map(str, too_big))} skipped (n/a): the "
+                "squared norm of Perm(0,d,β)'s gradient overflows float32 from random starts at "
+                f"d >= 8 (|g| up to 8e30 at d = 10); skipped above d = {PERM_MAX_DIM}"
             )
         todo += [(name, n) for n in config.dims if n not in bad_multiple and n not in too_big]
     return todo, notes
@@ -565,7 +627,7 @@ def run_bench(config: BenchConfig, nets: dict[str, Any], notes: list[str]) -> Be
     total = n_tune + len(methods) * config.seeds * len(cells)
     runner = _Runner(config, nets)
     tuned_lr: dict[tuple[str, str, str, int], float] = {}
-    tune_scores: dict[tuple[str, str, str, int], list[float]] = {}
+    tune_scores: dict[tuple[str, str, str, int], list[tuple[float, float]]] = {}
     runs: list[Run] = []
     bar = tqdm(
         total=total,
@@ -582,18 +644,22 @@ def run_bench(config: BenchConfig, nets: dict[str, Any], notes: list[str]) -> Be
             tune_problems = [_problem(func, variant, n, s, True) for s in range(config.tune_seeds)]
             for method in tuned:
                 bar.set_postfix_str(f"tune {method} {func}/{variant}/n={n}", refresh=False)
-                scores = []
-                for lr in config.lr_grids[method]:
+                grid = config.lr_grids[method]
+
+                def score(lr, method=method, grid=grid, problems=tune_problems):
                     logs = []
-                    for problem, x0 in tune_problems:
+                    for problem, x0 in problems:
                         res, _, _ = runner.solve(method, problem, x0, lr)
                         logs.append(log10_floor(float(res.fun)))
+                        if lr not in grid:  # an extension of the grid: not in the bar's total
+                            bar.total += 1
                         bar.update()
                     finite = [v for v in logs if math.isfinite(v)]
-                    scores.append(float(np.mean(finite)) if len(finite) == len(logs) else math.inf)
-                k = int(np.argmin(scores)) if any(math.isfinite(s) for s in scores) else 0
-                tuned_lr[(method, func, variant, n)] = config.lr_grids[method][k]
-                tune_scores[(method, func, variant, n)] = scores
+                    return float(np.mean(finite)) if len(finite) == len(logs) else math.inf
+
+                lr, tried = tune_learning_rate(score, grid)
+                tuned_lr[(method, func, variant, n)] = lr
+                tune_scores[(method, func, variant, n)] = tried
             # evaluation on the evaluation seeds
             eval_problems = [_problem(func, variant, n, s, False) for s in range(config.seeds)]
             for method in methods:

@@ -87,8 +87,22 @@ class TaskConfig:
                     raise ValueError(f"tasks.physics_ks: K must be in [2, 8], got {k}")
             if not self.physics_ks:
                 raise ValueError("tasks.physics_ks must not be empty")
+        if not self.functions:
+            raise ValueError("tasks.functions must not be empty")
         for name in self.functions:
             fn.get(name)  # raises a clear ValueError for unknown names
+        if not self.variants:
+            raise ValueError("tasks.variants must not be empty")
+        for v in self.variants:
+            if v not in fn.VARIANTS:
+                raise ValueError(f"tasks.variants: unknown variant {v!r}; valid: {fn.VARIANTS}")
+        if len(self.log_scale_range) != 2 or not (
+            self.log_scale_range[0] <= self.log_scale_range[1]
+        ):
+            raise ValueError(
+                f"tasks.log_scale_range must be [low, high] with low <= high, got "
+                f"{list(self.log_scale_range)}"
+            )
         if not 1 <= self.n_min <= self.n_max:
             raise ValueError(f"need 1 <= n_min <= n_max, got {self.n_min}, {self.n_max}")
         if self.horizon < 1:

@@ -65,7 +65,12 @@ def main(out: str | os.PathLike = "bench_results", root: str | os.PathLike = "."
     rows = []
     for name, cfg, overrides in CASES:
         path = Path(root) / cfg
-        r = measure(str(path) if path.exists() else None, overrides)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: run `optimus throughput` from the repository root (the "
+                "model configurations live in configs/)"
+            )
+        r = measure(str(path), overrides)
         r.pop("devices")
         rows.append({"model": name, **r})
         print(

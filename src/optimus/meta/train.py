@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -108,6 +109,13 @@ class OuterConfig:
         object.__setattr__(self, "trainable", tuple(self.trainable))
         if self.steps < 1 or not self.learning_rate > 0 or not self.clip_norm > 0:
             raise ValueError("outer: steps >= 1, learning_rate > 0 and clip_norm > 0 required")
+        if not self.final_lr_fraction >= 0 or self.warmup_steps < 0:
+            raise ValueError(
+                "outer: final_lr_fraction >= 0 and warmup_steps >= 0 required, got "
+                f"{self.final_lr_fraction} and {self.warmup_steps}"
+            )
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"outer.seed must be in [0, 2**32), got {self.seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +129,8 @@ class RunConfig:
     def __post_init__(self):
         if self.checkpoint_every < 1 or self.eval_every < 1 or self.eval_tasks < 1:
             raise ValueError("run: checkpoint_every, eval_every and eval_tasks must be >= 1")
+        if not self.max_minutes >= 0:
+            raise ValueError(f"run.max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +144,11 @@ class TrainConfig:
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise ValueError(
+                f"name {self.name!r}: use letters, digits, '.', '_' and '-' only (it names the "
+                "exported files NAME.npz and NAME.json)"
+            )
         if self.estimator.persistent and self.estimator.truncation > self.tasks.horizon:
             raise ValueError(
                 f"estimator.truncation ({self.estimator.truncation}) must not exceed "
@@ -187,18 +202,26 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is int:
         if isinstance(value, bool):
             raise ValueError(f"{where}: expected an integer, got {value!r}")
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected an integer, got {value!r}") from None
-        if f != int(f):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return int(f)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            return int(value)  # 100.0 (TOML float, JSON) is 100; parsed exactly, not via float
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
     if typ is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            out = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        return out
     if typ is str:
         if not isinstance(value, str):
             raise ValueError(f"{where}: expected a string, got {value!r}")
@@ -503,6 +526,58 @@ def initial_net(source: str, like, log_step: float | None = None, gate_logit: fl
     return net
 
 
+def init_fingerprint(source: str) -> str | None:
+    """sha256 of the parameter file a fine-tune starts from (``outer.init_from``: a shipped
+    model's file or a path), stored in every checkpoint: the parameters a run does not train
+    are read from that file again on resume, so it must not have changed. None without one."""
+    if not source:
+        return None
+    from importlib import resources
+
+    from optimus.pretrained import available
+
+    try:
+        if source in available():
+            data = resources.files("optimus.pretrained").joinpath(f"{source}.npz").read_bytes()
+        else:
+            data = Path(source).read_bytes()
+        return hashlib.sha256(data).hexdigest()
+    except OSError:
+        return None  # initial_net reports a missing file
+
+
+#: configuration keys that may differ between a run and its resumption (they do not change the
+#: computation)
+RESUMABLE_CHANGES = ("run.max_minutes", "run.checkpoint_every")
+
+
+def config_difference(stored: Any, current: dict) -> str:
+    """The keys in which a checkpoint's stored training config differs from ``current``,
+    as ``"section.key: stored -> current"`` items (empty when they agree, ignoring
+    :data:`RESUMABLE_CHANGES`)."""
+    if not isinstance(stored, dict):
+        return "no readable configuration stored"
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    a, b = flat(stored), flat(current)
+    keys = sorted((set(a) | set(b)) - set(RESUMABLE_CHANGES))
+    diff = [
+        f"{k}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}"
+        for k in keys
+        if a.get(k) != b.get(k)
+    ]
+    return "; ".join(diff)
+
+
 _TRAINERS: dict[str, Trainer] = {}
 
 
@@ -575,6 +650,8 @@ def train(
     """
     from tqdm import tqdm
 
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after must be >= 1, got {stop_after}")
     dcfg = dist.initialize(config.distributed)
     launch = dataclasses.asdict(dcfg)
     launch.pop("process_id")
@@ -594,6 +671,7 @@ def train(
     ckdir = out / "checkpoints"
     cfg_json = json.dumps(config.training_dict(), indent=2, sort_keys=True)
     train_cfg = json.loads(cfg_json)  # as stored in checkpoints (JSON lists, not tuples)
+    init_sha = init_fingerprint(config.outer.init_from)
 
     def prepare_folder():
         if not resume and ckdir.exists() and ckpt.latest_checkpoint(ckdir) is not None:
@@ -619,11 +697,29 @@ def train(
         last = ckpt.latest_checkpoint(ckdir) if ckdir.exists() else None
         if last is None:
             raise ValueError(f"--resume: no checkpoint found in {ckdir}")
-        info = json.loads((last / "meta.json").read_text())
-        if _with_defaults(info.get("config")) != train_cfg:
+        try:
+            info = json.loads((last / "meta.json").read_text())
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
             raise ckpt.CheckpointError(
-                f"checkpoint {last} was written with a different configuration; resume with "
-                f"the run's own config ({out / 'config.json'})"
+                f"checkpoint {last}: unreadable meta.json ({type(e).__name__}: {e}); delete that "
+                "checkpoint folder to resume from the previous one"
+            ) from None
+        diff = config_difference(_with_defaults(info.get("config")), train_cfg)
+        if diff:
+            raise ckpt.CheckpointError(
+                f"checkpoint {last} was written with a different configuration ({diff}); "
+                f"resume with the run's own config ({out / 'config.json'}); only "
+                f"{', '.join(RESUMABLE_CHANGES)} may change on resume"
+            )
+        stored_init = info.get("init_from_sha256")
+        if stored_init is not None and stored_init != init_sha:
+            raise ckpt.CheckpointError(
+                f"checkpoint {last}: outer.init_from {config.outer.init_from!r} has changed since "
+                f"the run started (sha256 {stored_init[:12]}... then, {str(init_sha)[:12]}... "
+                "now); the frozen meta-parameters come from that file, so the run cannot "
+                "continue exactly; restore the original file or start a new run"
             )
         state, info = ckpt.load_checkpoint(last, host_state)
         _truncate_log(log_path, int(state.step))
@@ -658,7 +754,13 @@ def train(
         wall = wall_before + time.time() - t_start
         dist.on_main(
             lambda: ckpt.save_checkpoint(
-                ckdir, int(host.step), host, config=train_cfg, wall_s=wall, devices=devices
+                ckdir,
+                int(host.step),
+                host,
+                config=train_cfg,
+                wall_s=wall,
+                devices=devices,
+                init_from_sha256=init_sha,
             ),
             error=ckpt.CheckpointError,
         )
@@ -716,7 +818,8 @@ def train(
                 "grad_norm": f"{grad_norm:.6g}",
                 "skipped": skipped,
                 "val_loss": "" if math.isnan(val) else f"{val:.6g}",
-                "lr": f"{float(lr_fn(step - 1)):.3g}",
+                # the outer optimizer's count does not advance on a skipped step
+                "lr": f"{float(lr_fn(step - 1 - (int(state.n_skipped) - skipped))):.3g}",
                 "wall_s": f"{wall_before + time.time() - t_start:.2f}",
                 "inner_steps_s": f"{per_step / max(dt, 1e-9):.0f}",
             }

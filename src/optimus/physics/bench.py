@@ -215,21 +215,27 @@ def solve_window(
 
 def tune_adam(data: dict, settings: dict, log) -> float:
     """Adam learning rate (box coordinates) with the lowest median final loss on validation
-    windows (clip ``i`` window 0, from the ground-truth state)."""
+    windows (clip ``i`` window 0, from the ground-truth state): the grid ``ADAM_LRS``,
+    extended past an end while that improves, as in ``optimus bench``
+    (:func:`optimus.bench.run.tune_learning_rate`)."""
+    from optimus.bench.run import tune_learning_rate
     from optimus.physics import model as M
 
     dyn = M.model_arrays()
     val = data["val"]
-    finals: dict[float, list[float]] = {lr: [] for lr in ADAM_LRS}
-    for i in range(min(settings["val_windows"], len(val["qpos"]))):
-        clip = {k: v[i] for k, v in val.items()}
-        obj = first_window(clip, settings["ks"][0], dyn)
-        for lr in ADAM_LRS:
-            finals[lr].append(
-                _finite_or_inf(solve_window(obj, "adam", settings["evals"], lr)["final"])
-            )
-    med = {lr: float(np.median(v)) for lr, v in finals.items()}
-    best = min(med, key=med.get)
+    objs = [
+        first_window({k: v[i] for k, v in val.items()}, settings["ks"][0], dyn)
+        for i in range(min(settings["val_windows"], len(val["qpos"])))
+    ]
+
+    def score(lr: float) -> float:
+        finals = [
+            _finite_or_inf(solve_window(o, "adam", settings["evals"], lr)["final"]) for o in objs
+        ]
+        return float(np.median(finals))
+
+    best, tried = tune_learning_rate(score, ADAM_LRS)
+    med = {lr: v for lr, v in tried}
     log(f"adam lr tuning on validation windows (median final loss): {med} -> {best}")
     return best
 

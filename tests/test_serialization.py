@@ -181,3 +181,34 @@ def test_dotted_names_are_distinct_files_and_bad_json_is_a_value_error(tmp_path)
     b.with_suffix(".json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="holds a list, not an object"):
         optimus.load_params(b)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("width", 16.0, r"width = 16.0, expected int"),
+        ("monotone", "false", r"monotone = 'false', expected bool"),
+        ("probe", True, r"probe = True, expected float"),
+        ("colour", "red", r"unknown fields \['colour'\]"),
+        ("num_heads", 3, r"invalid network config in metadata \(width 8 must be divisible"),
+    ],
+)
+def test_malformed_metadata_config_names_the_file_and_field(tmp_path, field, value, message):
+    """A hand-edited model card with a mistyped field fails with the file's name; nothing is
+    silently converted (a non-empty string used to count as true)."""
+    net = build_net(NetConfig(width=8, depth=1, num_heads=2), jax.random.key(0))
+    path = optimus.save_params(tmp_path / "net", net)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["config"][field] = value
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"{path}.*{message}"):
+        optimus.load_params(path)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    net = build_net(NetConfig(width=8, depth=1, num_heads=2), jax.random.key(0))
+    leaves, treedef = jax.tree.flatten(net)
+    leaves[0] = leaves[0].at[0].set(jnp.nan)
+    path = optimus.save_params(tmp_path / "net", jax.tree.unflatten(treedef, leaves))
+    with pytest.raises(ValueError, match="non-finite weights in"):
+        optimus.load_params(path)

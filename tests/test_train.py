@@ -83,6 +83,19 @@ def test_config_parsing_and_overrides(tiny_config):
         (["estimator.truncation=50"], "must not exceed"),
         (["estimator.kind=magic"], "estimator.kind"),
         (["outer.steps"], "section.key=value"),
+        # found by a review: these were accepted, or failed late with a traceback
+        (["outer.steps=inf"], "outer.steps: expected an integer"),
+        (["outer.seed=9007199254740993"], r"outer.seed must be in \[0, 2\*\*32\)"),
+        ([f"outer.seed={2**32 + 5}"], "outer.seed must be in"),
+        (["outer.final_lr_fraction=-1"], "final_lr_fraction >= 0"),
+        (["outer.warmup_steps=-5"], "warmup_steps >= 0"),
+        (["outer.learning_rate=true"], "outer.learning_rate: expected a number"),
+        (["outer.learning_rate=nan"], "expected a finite number"),
+        (["run.max_minutes=-1"], "run.max_minutes must be >= 0"),
+        (["tasks.log_scale_range=[1.0, 2.0, 3.0]"], "log_scale_range must be"),
+        (['tasks.variants=["rotated"]'], "unknown variant 'rotated'"),
+        (["tasks.functions=[]"], "tasks.functions must not be empty"),
+        (["name=sub/dir"], "name 'sub/dir'"),
     ]:
         with pytest.raises(ValueError, match=match):
             load_config(tiny_config, bad)
@@ -145,10 +158,14 @@ def test_checkpoint_errors(tmp_path, tiny_config):
     train(cfg, out, progress=False, stop_after=4)
     with pytest.raises(ValueError, match="already holds a run"):
         train(cfg, out, progress=False)
-    # a different configuration refuses to resume
+    # a different configuration refuses to resume, naming what differs
     other = load_config(tiny_config, ["model.width=16"])
-    with pytest.raises(ckpt.CheckpointError, match="different configuration"):
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"different configuration \(model.width: 8 -> 16\)"
+    ):
         train(other, out, resume=True, progress=False)
+    with pytest.raises(ValueError, match="stop_after must be >= 1"):
+        train(cfg, out, resume=True, progress=False, stop_after=0)
     last = ckpt.latest_checkpoint(out / "checkpoints")
     # a structurally different template is refused
     with pytest.raises(ckpt.CheckpointError, match="different model"):
@@ -162,6 +179,43 @@ def test_checkpoint_errors(tmp_path, tiny_config):
         ckpt.load_checkpoint(last, template)
     with pytest.raises(ValueError, match="no checkpoint"):
         train(cfg, tmp_path / "empty", resume=True, progress=False)
+    # an unreadable meta.json is a CheckpointError naming the checkpoint, not a traceback
+    (last / "meta.json").write_text("{not json")
+    with pytest.raises(ckpt.CheckpointError, match=f"{last}: unreadable meta.json"):
+        train(cfg, out, resume=True, progress=False)
+    (last / "meta.json").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="unreadable meta.json"):
+        train(cfg, out, resume=True, progress=False)
+
+
+def test_resume_may_change_the_time_box_but_not_a_fine_tunes_starting_file(tmp_path, tiny_config):
+    """run.max_minutes and run.checkpoint_every do not change the computation, so a resumed run
+    may set them; a changed outer.init_from file would silently change the frozen parameters
+    of a ``trainable`` fine-tune, so it is refused (sha256 stored in every checkpoint)."""
+    import shutil
+
+    cfg = load_config(tiny_config, ["outer.steps=8"])
+    train(cfg, tmp_path / "run", progress=False, stop_after=4)
+    more = load_config(
+        tiny_config, ["outer.steps=8", "run.max_minutes=30", "run.checkpoint_every=2"]
+    )
+    train(more, tmp_path / "run", resume=True, progress=False, stop_after=2)
+
+    base = train(load_config(tiny_config, ["outer.steps=2"]), tmp_path / "base", progress=False)
+    init = tmp_path / "init.npz"
+    shutil.copy(base, init)
+    shutil.copy(base.with_suffix(".json"), init.with_suffix(".json"))
+    ft = load_config(
+        tiny_config, [f"outer.init_from='{init}'", "outer.trainable=glob_head", "outer.steps=6"]
+    )
+    train(ft, tmp_path / "ft", progress=False, stop_after=2)
+    other = train(
+        load_config(tiny_config, ["outer.steps=2", "outer.seed=1"]), tmp_path / "b2", progress=False
+    )
+    shutil.copy(other, init)  # the starting file is replaced (e.g. a retrained model)
+    shutil.copy(other.with_suffix(".json"), init.with_suffix(".json"))
+    with pytest.raises(ckpt.CheckpointError, match="init_from .* has changed"):
+        train(ft, tmp_path / "ft", resume=True, progress=False)
 
 
 def test_cli_errors_are_one_line_messages(tmp_path, tiny_config, capsys):

@@ -142,12 +142,48 @@ def load_params_bytes(data: bytes, meta: dict, *, what: str = "parameters"):
             f"{what}: sha256 mismatch (file {digest[:12]}…, metadata "
             f"{str(meta.get('sha256'))[:12]}…): the file is corrupt or was modified"
         )
+    config = _net_config(meta.get("config"), what)
     try:
-        config = NetConfig(**meta["config"])
-    except (TypeError, KeyError) as e:
+        skeleton = build_net(config, jax.random.key(0))
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{what}: invalid network config in metadata ({e})") from e
-    skeleton = build_net(config, jax.random.key(0))
-    return npz_bytes_to_tree(data, skeleton, what=what)
+    net = npz_bytes_to_tree(data, skeleton, what=what)
+    bad = [
+        name
+        for name, leaf in zip(leaf_names(net), jax.tree_util.tree_leaves(net), strict=True)
+        if not bool(jnp.all(jnp.isfinite(leaf)))
+    ]
+    if bad:
+        raise ValueError(f"{what}: non-finite weights in {', '.join(bad[:5])}")
+    return net
+
+
+def _net_config(values: Any, what: str) -> NetConfig:
+    """A :class:`NetConfig` from metadata, each field type-checked (a JSON ``16.0`` for an
+    integer field, or the string ``"false"`` for a boolean one, is an error, not a silent
+    conversion)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{what}: invalid network config in metadata (not an object)")
+    fields = {f.name: f for f in dataclasses.fields(NetConfig)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{what}: invalid network config in metadata (unknown fields {unknown})")
+    expected = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+    for name, value in values.items():
+        typ = (
+            fields[name].type if isinstance(fields[name].type, str) else fields[name].type.__name__
+        )
+        ok = expected.get(typ)
+        if ok is None:
+            continue
+        if (isinstance(value, bool) and typ != "bool") or not isinstance(value, ok):
+            raise ValueError(
+                f"{what}: invalid network config in metadata ({name} = {value!r}, expected {typ})"
+            )
+    try:
+        return NetConfig(**values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: invalid network config in metadata ({e})") from e
 
 
 def load_params(path: str | os.PathLike):

@@ -84,7 +84,7 @@ class Stats:
         if not means:
             return []
         low = min(means.values())
-        return [m for m, v in means.items() if v < low + TIE]
+        return [m for m, v in means.items() if _tied(v, low)]
 
     # -- speed-up --------------------------------------------------------------------------
 
@@ -401,9 +401,13 @@ def _tuning(s: Stats) -> list[str]:
 TIE = 0.01  # decades: mean log10 objectives closer than this count as a tie
 
 
+def _tied(a: float, b: float) -> bool:
+    return abs(a - b) < TIE
+
+
 def _beats(ours: float, theirs: float) -> bool:
-    """A win: lower by at least ``TIE`` decades (a smaller difference is a tie, not a win)."""
-    return ours <= theirs - TIE
+    """A win: lower, and not a tie (a difference below ``TIE`` decades)."""
+    return ours < theirs and not _tied(ours, theirs)
 
 
 def _ties(cells, ours, theirs) -> str:
@@ -412,7 +416,7 @@ def _ties(cells, ours, theirs) -> str:
     of the remaining cells that Optimus wins."""
     from optimus.bench.run import LOG10_FLOOR
 
-    tied = [(f, n) for f, n in cells if abs(ours(f, n) - theirs(f, n)) < TIE]
+    tied = [(f, n) for f, n in cells if _tied(ours(f, n), theirs(f, n))]
     losses = sum(
         ours(f, n) > theirs(f, n) for f, n in cells if (f, n) not in tied
     )  # fmt: skip

@@ -129,6 +129,8 @@ class RunConfig:
     def __post_init__(self):
         if self.checkpoint_every < 1 or self.eval_every < 1 or self.eval_tasks < 1:
             raise ValueError("run: checkpoint_every, eval_every and eval_tasks must be >= 1")
+        if not 0 <= self.eval_seed < 2**32:
+            raise ValueError(f"run.eval_seed must be in [0, 2**32), got {self.eval_seed}")
         if not self.max_minutes >= 0:
             raise ValueError(f"run.max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
 
@@ -144,10 +146,11 @@ class TrainConfig:
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) or self.name == "config":
             raise ValueError(
-                f"name {self.name!r}: use letters, digits, '.', '_' and '-' only (it names the "
-                "exported files NAME.npz and NAME.json)"
+                f"name {self.name!r}: use letters, digits, '.', '_' and '-' only, and not "
+                "'config' (it names the exported files NAME.npz and NAME.json, beside the run's "
+                "config.json)"
             )
         if self.estimator.persistent and self.estimator.truncation > self.tasks.horizon:
             raise ValueError(
@@ -548,7 +551,7 @@ def init_fingerprint(source: str) -> str | None:
 
 #: configuration keys that may differ between a run and its resumption (they do not change the
 #: computation)
-RESUMABLE_CHANGES = ("run.max_minutes", "run.checkpoint_every")
+RESUMABLE_CHANGES = ("name", "run.max_minutes", "run.checkpoint_every")
 
 
 def config_difference(stored: Any, current: dict) -> str:
@@ -671,7 +674,8 @@ def train(
     ckdir = out / "checkpoints"
     cfg_json = json.dumps(config.training_dict(), indent=2, sort_keys=True)
     train_cfg = json.loads(cfg_json)  # as stored in checkpoints (JSON lists, not tuples)
-    init_sha = init_fingerprint(config.outer.init_from)
+    # only a fine-tune of a subset (outer.trainable) re-reads parameters from its starting file
+    init_sha = init_fingerprint(config.outer.init_from) if config.outer.trainable else None
 
     def prepare_folder():
         if not resume and ckdir.exists() and ckpt.latest_checkpoint(ckdir) is not None:
@@ -703,8 +707,9 @@ def train(
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
             raise ckpt.CheckpointError(
-                f"checkpoint {last}: unreadable meta.json ({type(e).__name__}: {e}); delete that "
-                "checkpoint folder to resume from the previous one"
+                f"checkpoint {last}: unreadable meta.json ({type(e).__name__}: {e}); to resume "
+                "from the previous checkpoint, delete that folder and write the previous "
+                f"folder's name into {ckdir / 'latest'}"
             ) from None
         diff = config_difference(_with_defaults(info.get("config")), train_cfg)
         if diff:

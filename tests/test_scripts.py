@@ -162,3 +162,16 @@ def test_physics_goal_noise_refuses_bad_arguments_before_any_work(tmp_path, bad)
         mod.main(["--out", str(tmp_path / "o"), *bad])
     assert e.value.code == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_recount_targets_reproduces_a_reports_issue_targets(capsys):
+    """scripts/recount_targets.py recomputes the "Issue targets" lines from results.csv alone;
+    on a run made with the current rules it must print exactly the report's lines."""
+    folder = ROOT / "bench_results" / "targets"
+    report = (folder / "report.md").read_text()
+    assert _script("recount_targets").main([str(folder)]) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("- Optimus beats")]
+    assert len(lines) == 2
+    for line in lines:
+        assert line in report

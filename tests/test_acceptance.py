@@ -377,7 +377,11 @@ def test_restart_of_the_shipped_optimus_uses_the_budget_a_stalled_run_wastes():
         trials[r] = (np.array(xs), np.array(bests), float(st.f_best))
     xs, bests, _ = trials[0.0]
     far = np.max(np.abs(xs[1:] - bests[:-1]), axis=1)
-    assert np.all(far[40:] < 1e-5)  # stalled: the last 60 trial points are at rounding level
+    # stalled: almost all of the last 60 trial points are at rounding level (all of them on an
+    # AMD EPYC; on an Intel Xeon 6 of them are small moves, XLA's CPU rounding differs), and
+    # none is a jump of a restart's size
+    assert np.sum(far[40:] < 1e-5) >= 50
+    assert not np.any(np.abs(far[40:] - 0.1) < 0.05)
     xs_r, bests_r, _ = trials[0.1]
     far_r = np.max(np.abs(xs_r[1:] - bests_r[:-1]), axis=1)
     # restarts: trial points ~0.1 away from the best point, as the restart rule places them

@@ -187,7 +187,7 @@ def test_defaults_quick_and_full(tmp_path):
     assert set(f.variants) == {"canonical", "transformed", "offcentre"}
     todo, notes = B.skipped_cells(f)
     assert ("powell", 2) not in todo and ("powell", 100) in todo
-    assert ("perm", 10) in todo and ("perm", 30) not in todo
+    assert ("perm", 2) in todo and ("perm", 10) not in todo  # squared gradients overflow
     assert any("powell" in n for n in notes) and any("perm" in n for n in notes)
 
 

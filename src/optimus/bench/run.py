@@ -118,18 +118,23 @@ LR_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
 GRID_EXTENSION = 4
 
 
+def _extension(grid: tuple[float, ...], upward: bool) -> list[float]:
+    """The ``GRID_EXTENSION`` rates past one end of ``grid``, one grid step apart (rounded to 3
+    significant digits like the grid), in the order the tuning tries them."""
+    ratio = grid[-1] / grid[-2] if upward else grid[0] / grid[1]
+    lr, out = (grid[-1] if upward else grid[0]), []
+    for _ in range(GRID_EXTENSION):
+        lr = float(f"{lr * ratio:.3g}")
+        out.append(lr)
+    return out
+
+
 def grid_limits(grid: tuple[float, ...]) -> tuple[float, float]:
-    """The smallest and largest learning rate the tuning may reach from ``grid``: the grid's
-    ends moved ``GRID_EXTENSION`` grid steps outwards (a value there is reported as at the
-    edge)."""
+    """The smallest and largest learning rate the tuning may reach from ``grid``: the last
+    rates of its extensions (a value there is reported as at the edge)."""
     if len(grid) < 2:
         return grid[0], grid[-1]
-    lo_ratio = grid[1] / grid[0]
-    hi_ratio = grid[-1] / grid[-2]
-    return (
-        float(f"{grid[0] / lo_ratio**GRID_EXTENSION:.3g}"),
-        float(f"{grid[-1] * hi_ratio**GRID_EXTENSION:.3g}"),
-    )
+    return _extension(grid, upward=False)[-1], _extension(grid, upward=True)[-1]
 
 
 def tune_learning_rate(
@@ -152,12 +157,7 @@ def tune_learning_rate(
     k = int(np.argmin(scores))
     best_lr, best = tried[k]
     if len(grid) >= 2 and k in (0, len(grid) - 1):
-        if k == 0:
-            ratio, lr = grid[0] / grid[1], grid[0]
-        else:
-            ratio, lr = grid[-1] / grid[-2], grid[-1]
-        for _ in range(GRID_EXTENSION):
-            lr = float(f"{lr * ratio:.3g}")
+        for lr in _extension(grid, upward=k > 0):
             value = float(score(lr))
             tried.append((lr, value))
             if not value < best:

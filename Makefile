@@ -32,11 +32,11 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/optimus bench --quick --out bench_results/quick
 
-# the full protocol of the spec (about 11 minutes on 2 CPU cores)
+# the full protocol of the spec (about 11 minutes on a 2-core AMD EPYC, about 3x that on a 2-core Intel Xeon @ 2.5 GHz)
 bench: $(STAMP)
 	$(BIN)/optimus bench --out bench_results/full
 
-# the evaluation behind the README's issue-target numbers (about 6 minutes on 2 CPU cores)
+# the evaluation behind the README's issue-target numbers (about 6 minutes on a 2-core AMD EPYC, 15 on a 2-core Intel Xeon @ 2.5 GHz)
 targets: $(STAMP)
 	$(BIN)/optimus bench --variants transformed,offcentre --dims 2,10,30,100,300 --out bench_results/targets
 	$(BIN)/optimus bench --variants canonical --dims 100 --out bench_results/canonical100
@@ -44,7 +44,7 @@ targets: $(STAMP)
 		--functions sphere,quadratic,rosenbrock,rastrigin,levy,ackley --out bench_results/n1000
 
 # the spec's second budget: 1000 evaluations per run, transformed n = 2 ... 300 and the
-# canonical functions at n = 100 (about 7 minutes on 2 CPU cores)
+# canonical functions at n = 100 (about 7 minutes on a 2-core AMD EPYC, about 3x that on the Intel Xeon)
 budget1000: $(STAMP)
 	$(BIN)/optimus bench --variants transformed --dims 2,10,30,100,300 --steps 1000 \
 		--out bench_results/budget1000/transformed
@@ -54,7 +54,7 @@ budget1000: $(STAMP)
 throughput: $(STAMP)
 	$(BIN)/optimus throughput --out bench_results
 
-# re-train the three shipped models (about 30 minutes on 2 CPU cores; resumable)
+# re-train the three shipped models (about 30 minutes on a 2-core AMD EPYC; not timed on the Intel Xeon, where benchmarks run about 3x slower; resumable)
 pretrained: $(STAMP)
 	scripts/train_pretrained.sh
 

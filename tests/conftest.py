@@ -7,12 +7,40 @@ physics tests. At Linux's default ``vm.max_map_count`` of 65,530 the next compil
 aborts the process ("Fatal Python error: Aborted" inside XLA, measured on 2026-11-28). The
 caches are therefore cleared after every test module; a module's compilations are still
 shared by its own tests.
+
+Compilation dominates this suite's run time on a 2-core CPU: the meta-training tests start
+``optimus train`` several times in subprocesses (a SIGKILL and a resume recompile the same
+step), and the in-memory caches are cleared after every module. JAX's persistent
+compilation cache therefore points, for this process and every subprocess it starts (through
+the environment), at one folder created for the session and deleted at its end, so that a
+program already compiled once in the session is loaded instead of compiled again. A cache hit
+runs the same XLA executable, so no result depends on it. The multi-process tests configure
+a cache of their own for their subprocesses. ``OPTIMUS_TEST_JAX_CACHE=DIR`` uses (and keeps)
+DIR instead, so that a developer's next run starts warm.
 """
 
 import gc
+import os
+import shutil
+import tempfile
 
-import jax
-import pytest
+_KEEP_CACHE = bool(os.environ.get("OPTIMUS_TEST_JAX_CACHE"))
+_CACHE_DIR = os.environ.get("OPTIMUS_TEST_JAX_CACHE") or tempfile.mkdtemp(
+    prefix="optimus-tests-jax-cache-"
+)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+
+import jax  # noqa: E402  (after the environment above, which JAX reads at import)
+import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)  # in case JAX was imported before
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config):
+    if not _KEEP_CACHE:
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="module")

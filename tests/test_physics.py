@@ -1,7 +1,10 @@
 """Physics task (MJX humanoid): data regeneration, objective, gradients, metrics.
 
-All simulator tests share one compiled value-and-gradient (``objective.value_and_grad``);
-JAX's persistent compilation cache in ``.jax_cache/`` (git-ignored) makes later runs fast.
+All simulator tests share one compiled value-and-gradient (``objective.value_and_grad``).
+The session's persistent compilation cache (``tests/conftest.py``) serves them;
+``OPTIMUS_TEST_JAX_CACHE=.jax_cache`` keeps it between runs (an earlier fixture here pointed
+JAX at ``.jax_cache/`` only after other modules had compiled, when JAX no longer looks at
+the setting, so it never took effect in a whole-suite run).
 """
 
 from __future__ import annotations
@@ -16,17 +19,6 @@ from optimus.physics import model as M
 from optimus.physics import motion as MO
 from optimus.physics import objective as O
 from optimus.physics.camera import make_camera, project
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache():
-    old_dir = jax.config.jax_compilation_cache_dir
-    old_min = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", ".jax_cache")
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,8 @@
 """Physics task (MJX humanoid): data regeneration, objective, gradients, metrics.
 
-All simulator tests share one compiled value-and-gradient (``objective.value_and_grad``).
-The session's persistent compilation cache (``tests/conftest.py``) serves them;
-``OPTIMUS_TEST_JAX_CACHE=.jax_cache`` keeps it between runs (an earlier fixture here pointed
-JAX at ``.jax_cache/`` only after other modules had compiled, when JAX no longer looks at
-the setting, so it never took effect in a whole-suite run).
+All simulator tests share one compiled value-and-gradient (``objective.value_and_grad``);
+the suite's persistent compilation cache in ``.jax_cache/`` (git-ignored, set up in
+``tests/conftest.py``) makes later runs fast.
 """
 
 from __future__ import annotations

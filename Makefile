@@ -26,8 +26,10 @@ format: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py
 
+# two pytest-xdist workers, one test module per worker at a time (tests/conftest.py
+# collects the heavy modules first); plain `pytest` runs the same suite in one process
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: $(STAMP)
 	$(BIN)/optimus bench --quick --out bench_results/quick

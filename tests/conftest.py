@@ -18,7 +18,8 @@ same XLA executable, so no result depends on it; a clean clone starts with an em
 Measured on a 2-core Intel Xeon from a clean clone, it shortened the SIGKILL test from 138 s
 to 75 s and left the whole suite's time within its run-to-run spread (34 min 40 s). The
 multi-process tests configure a cache of their own for their subprocesses.
-``OPTIMUS_TEST_JAX_CACHE=DIR`` uses DIR instead.
+``OPTIMUS_TEST_JAX_CACHE=DIR`` uses DIR instead. Under pytest-xdist (``make test`` runs two
+workers) each worker uses a subfolder named after it.
 """
 
 import gc
@@ -28,6 +29,10 @@ from pathlib import Path
 _CACHE_DIR = os.environ.get("OPTIMUS_TEST_JAX_CACHE") or str(
     Path(__file__).resolve().parents[1] / ".jax_cache"
 )
+# Under pytest-xdist each worker (and the subprocesses it starts) gets a folder of its own:
+# JAX writes cache entries in place, so a worker could otherwise read another's half-written file.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _CACHE_DIR = os.path.join(_CACHE_DIR, os.environ["PYTEST_XDIST_WORKER"])
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 
@@ -43,3 +48,26 @@ def _free_compiled_executables():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+# Modules whose tests take minutes (meta-training subprocesses, the simulator's compilation),
+# heaviest first. `make test` runs the suite on two pytest-xdist workers, one module per
+# worker at a time (--dist loadfile), handed out in collection order; a heavy module started
+# last would leave one worker running alone at the end, so these are collected first.
+_HEAVY_MODULES = (
+    "test_train.py",
+    "test_physics.py",
+    "test_distributed.py",
+    "test_scripts.py",
+    "test_docs.py",
+    "test_network.py",
+    "test_bench.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return _HEAVY_MODULES.index(name) if name in _HEAVY_MODULES else len(_HEAVY_MODULES)
+
+    items.sort(key=rank)  # stable: the order within a module and among the rest is kept

@@ -34,7 +34,7 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/optimus bench --quick --out bench_results/quick
 
-# the full protocol of the spec (about 11 minutes on a 2-core AMD EPYC, about 3x that on a 2-core Intel Xeon @ 2.5 GHz)
+# the full protocol of the spec (about 11 minutes on a 2-core AMD EPYC, 31 on a 2-core Intel Xeon @ 2.5 GHz)
 bench: $(STAMP)
 	$(BIN)/optimus bench --out bench_results/full
 
@@ -46,7 +46,7 @@ targets: $(STAMP)
 		--functions sphere,quadratic,rosenbrock,rastrigin,levy,ackley --out bench_results/n1000
 
 # the spec's second budget: 1000 evaluations per run, transformed n = 2 ... 300 and the
-# canonical functions at n = 100 (about 7 minutes on a 2-core AMD EPYC, about 3x that on the Intel Xeon)
+# canonical functions at n = 100 (about 7 minutes on a 2-core AMD EPYC, 25 on a 2-core Intel Xeon @ 2.5 GHz)
 budget1000: $(STAMP)
 	$(BIN)/optimus bench --variants transformed --dims 2,10,30,100,300 --steps 1000 \
 		--out bench_results/budget1000/transformed

@@ -166,14 +166,16 @@ def tune_learning_rate(
     return best_lr, tried
 
 
-#: Run times of the default protocol measured on the 2-core development machine (AMD EPYC,
-#: 2026-11-28), quoted in the report.
+#: Run times of the default protocol measured on the 2-core development machines (an AMD EPYC
+#: and an Intel Xeon, 2026-11-28), quoted in the report.
 FULL_RUNTIME_NOTE = (
-    "about 11 minutes on 2 CPU cores (9 methods, 10 functions x 3 variants x dims 2-1000, "
-    "10 evaluation + 2 tuning seeds; the measured total of a run is in the first line of its "
-    "report, every method's wall time per evaluation in its timing table); compilation 5-50 s "
-    "per (method, dimension). `--dims 2,10,30,100,300` with two variants takes about 4 min, "
-    "and with one variant and `--steps 1000` about 6 min."
+    "about 11 minutes on 2 cores of an AMD EPYC and 31 minutes on 2 cores of an Intel Xeon @ "
+    "2.5 GHz (9 methods, 10 functions x 3 variants x dims 2-1000, 10 evaluation + 2 tuning "
+    "seeds; the measured total of a run is in the first line of its report, every method's "
+    "wall time per evaluation in its timing table); compilation 5-50 s per (method, "
+    "dimension). `--dims 2,10,30,100,300` with two variants takes about 4 min on the AMD EPYC "
+    "(12.5 on the Intel Xeon), and with one variant and `--steps 1000` about 6 min (21 on the "
+    "Intel Xeon)."
 )
 
 

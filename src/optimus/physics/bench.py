@@ -59,7 +59,11 @@ def default_methods() -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``optimus bench physics``."""
-    parser.add_argument("--quick", action="store_true", help="small run (< 10 min on 2 cores)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small run (2-5 min on 2 cores of an AMD EPYC, about 15 on a 2-core Intel Xeon)",
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--methods", default=",".join(default_methods()), help="comma-separated")
     parser.add_argument("--evals", type=int, default=None, help="evaluations per window")

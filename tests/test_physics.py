@@ -245,7 +245,7 @@ def test_bench_smoke(tmp_path):
     bench.add_arguments(parser)
     args = parser.parse_args(
         ["--quick", "--out", str(tmp_path), "--clips", "1", "--windows", "1", "--evals", "3"]
-        + ["--methods", "adam,bfgs"]
+        + ["--methods", "adam,bfgs", "--jobs", "1"]
     )
     assert bench.main(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -257,6 +257,35 @@ def test_bench_smoke(tmp_path):
     assert summary["ground_truth_median_loss"] < summary["methods"]["adam"]["median_final_loss"]
     for name in ("report.md", "fig_loss.png", "fig_mpjpe.png", "fig_skeleton.png", "clip.gif"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_worker_pool_returns_results_in_task_order(tmp_path):
+    """``--jobs N``: tasks run in spawned processes, results come back in task order and
+    every task is reported once as it finishes; one job runs everything here."""
+    import argparse
+
+    from optimus.physics import bench
+
+    tasks = [(1.0,), (float("nan"),), (-2.5,), (float("inf"),)]
+    expected = [1.0, float("inf"), -2.5, float("inf")]
+    assert bench.make_pool(1, str(tmp_path)) is None
+    seen: list[int] = []
+    assert bench._run_all(None, bench._finite_or_inf, tasks, lambda i, r: seen.append(i)) == (
+        expected
+    )
+    assert seen == [0, 1, 2, 3]
+    pool = bench.make_pool(2, str(tmp_path))
+    try:
+        done: dict[int, float] = {}
+        out = bench._run_all(pool, bench._finite_or_inf, tasks, done.__setitem__)
+    finally:
+        pool.shutdown()
+    assert out == expected and done == dict(enumerate(expected))
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", str(tmp_path), "--jobs", "0"])
+    assert 1 <= bench.default_jobs() <= 4
 
 
 def test_task_model_runs_its_shipped_weights_with_its_method(data):

@@ -18,6 +18,14 @@ rate (clip MPJPE above ``FAIL_MM``); wall time per evaluation including the opti
 step; evaluations to reach :math:`(1+\varepsilon)` times the best classical baseline's final
 loss, measured on the first window of every clip (the only windows where all methods solve the
 identical problem: later windows start from each method's own reconstruction).
+
+Parallelism. One evaluation of the simulator's value and gradient runs on one CPU core (the
+MJX step is many small operations that XLA does not split across threads), so ``--jobs N``
+solves the (clip, method) reconstructions and the validation windows of Adam's tuning in
+``N`` worker processes. The main process compiles the value-and-gradient once, which writes it
+to the persistent compilation cache; each worker then loads it from there (tracing included,
+about 50 s on the Intel Xeon). Every reconstruction is a deterministic function of its inputs,
+so the results do not depend on ``N``.
 """
 
 from __future__ import annotations
@@ -43,8 +51,9 @@ FAIL_MM = 100.0
 
 
 def enable_compilation_cache(path: str | None = None) -> str:
-    """Turn on JAX's persistent compilation cache (default ``./.jax_cache``, git-ignored)."""
-    path = path or os.environ.get("OPTIMUS_JAX_CACHE", CACHE_DIR)
+    """Turn on JAX's persistent compilation cache (default ``./.jax_cache``, git-ignored).
+    Returns the folder as an absolute path."""
+    path = os.path.abspath(path or os.environ.get("OPTIMUS_JAX_CACHE", CACHE_DIR))
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     return path
@@ -57,12 +66,35 @@ def default_methods() -> tuple[str, ...]:
     return METHODS[:1] + tuple(m for m in TASK_MODELS if m in available()) + METHODS[1:]
 
 
+def default_jobs() -> int:
+    """Worker processes by default: the CPU cores this process may use, at most 4."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 4))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``optimus bench physics``."""
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small run (2-5 min on 2 cores of an AMD EPYC, about 15 on a 2-core Intel Xeon)",
+        help="small run: 2 clips per test split, 2 windows each, K = 4, 50 evaluations",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="worker processes (default: the usable CPU cores, at most 4); one simulator "
+        "evaluation uses one core, so N workers solve about N times faster",
     )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--methods", default=",".join(default_methods()), help="comma-separated")
@@ -84,11 +116,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         evals=args.evals or (50 if quick else 100),
         clips=args.clips or (2 if quick else 6),
-        windows=args.windows or (3 if quick else 6),
+        windows=args.windows or (2 if quick else 6),
         ks=[int(k) for k in (args.k or ("4" if quick else "2,4,8")).split(",")],
         val_windows=2 if quick else 4,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         params_dir=getattr(args, "params_dir", None),
+        jobs=getattr(args, "jobs", None) or default_jobs(),
     )
 
 
@@ -217,31 +250,73 @@ def solve_window(
     )
 
 
-def tune_adam(data: dict, settings: dict, log) -> float:
+def _tune_final(clip: dict, k: int, evals: int, lr: float) -> float:
+    """Adam's final loss on the first window of ``clip`` (a task of :func:`tune_adam`)."""
+    return _finite_or_inf(solve_window(first_window(clip, k), "adam", evals, lr)["final"])
+
+
+def tune_adam(data: dict, settings: dict, log, pool=None) -> float:
     """Adam learning rate (box coordinates) with the lowest median final loss on validation
     windows (clip ``i`` window 0, from the ground-truth state): the grid ``ADAM_LRS``,
     extended past an end while that improves, as in ``optimus bench``
-    (:func:`optimus.bench.run.tune_learning_rate`)."""
+    (:func:`optimus.bench.run.tune_learning_rate`). ``pool``: see :func:`_run_all`."""
     from optimus.bench.run import tune_learning_rate
-    from optimus.physics import model as M
 
-    dyn = M.model_arrays()
     val = data["val"]
-    objs = [
-        first_window({k: v[i] for k, v in val.items()}, settings["ks"][0], dyn)
+    clips = [
+        {k: v[i] for k, v in val.items()}
         for i in range(min(settings["val_windows"], len(val["qpos"])))
     ]
 
     def score(lr: float) -> float:
-        finals = [
-            _finite_or_inf(solve_window(o, "adam", settings["evals"], lr)["final"]) for o in objs
-        ]
-        return float(np.median(finals))
+        tasks = [(c, settings["ks"][0], settings["evals"], lr) for c in clips]
+        return float(np.median(_run_all(pool, _tune_final, tasks)))
 
     best, tried = tune_learning_rate(score, ADAM_LRS)
     med = {lr: v for lr, v in tried}
     log(f"adam lr tuning on validation windows (median final loss): {med} -> {best}")
     return best
+
+
+def _worker_init(cache_dir: str) -> None:
+    enable_compilation_cache(cache_dir)
+
+
+def make_pool(jobs: int, cache_dir: str):
+    """``jobs`` spawned worker processes sharing the compilation cache ``cache_dir``, or
+    ``None`` for ``jobs == 1`` (everything runs in this process). JAX must not be forked, hence
+    spawn; a worker pays the tracing and cache load of the simulator once, on its first task."""
+    if jobs <= 1:
+        return None
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(
+        jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(cache_dir,)
+    )
+
+
+def _run_all(pool, fn, tasks: list[tuple], done=None) -> list:
+    """``[fn(*t) for t in tasks]``, in the worker processes of ``pool`` when it is not
+    ``None``; results in the order of ``tasks``. ``done(i, result)`` is called as each task
+    finishes (in the order they finish)."""
+    if pool is None:
+        out = []
+        for i, t in enumerate(tasks):
+            out.append(fn(*t))
+            if done is not None:
+                done(i, out[-1])
+        return out
+    from concurrent.futures import as_completed
+
+    futures = {pool.submit(fn, *t): i for i, t in enumerate(tasks)}
+    out: list = [None] * len(tasks)
+    for f in as_completed(futures):
+        i = futures[f]
+        out[i] = f.result()
+        if done is not None:
+            done(i, out[i])
+    return out
 
 
 def clip_start(clip: dict, window: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -578,7 +653,7 @@ def write_report(out: Path, summary: dict, timing: dict) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark; writes ``summary.json``, ``report.md`` and figures into ``--out``."""
     t_start = time.perf_counter()
-    enable_compilation_cache()
+    cache_dir = enable_compilation_cache()
     from optimus.physics import figures
     from optimus.physics import motion as MO
 
@@ -597,29 +672,42 @@ def main(args: argparse.Namespace) -> int:
     gt_losses = {}
     obj = first_window(clip0, 2)
     obj.host_value_and_grad(np.zeros(obj.n))
-    timing = {"compile_s": round(time.perf_counter() - t0, 1)}
+    timing = {"compile_s": round(time.perf_counter() - t0, 1), "jobs": settings["jobs"]}
     log(f"value-and-gradient ready (compile or cache load): {timing['compile_s']} s")
 
-    lr = tune_adam(data, settings, log) if "adam" in settings["methods"] else None
+    pool = make_pool(settings["jobs"], cache_dir)
+    try:
+        lr = tune_adam(data, settings, log, pool) if "adam" in settings["methods"] else None
+        timing["adam_tuning_s"] = round(time.perf_counter() - t0 - timing["compile_s"], 1)
+        tasks, keys = [], []
+        for split in ("test", "test_mismatch"):
+            n = min(settings["clips"], len(data[split]["qpos"]))
+            for i in range(n):
+                clip = {k: v[i] for k, v in data[split].items()}
+                key = f"{split}[{i}]"
+                gt_losses[key] = gt_window_losses(clip, settings["windows"])
+                for m in settings["methods"]:
+                    # a name with its own weights runs as its method; others as themselves
+                    # (solve_window loads a task model's shipped weights)
+                    method = runs_as[m] if m in nets else m
+                    lr_m = lr if m == "adam" else None
+                    tasks.append((clip, method, settings, i, lr_m, nets.get(m)))
+                    keys.append((key, m))
+
+        def done(j: int, res: dict) -> None:
+            key, m = keys[j]
+            log(
+                f"{key} {m}: MPJPE {res['mpjpe']:.1f} mm, final losses "
+                + ", ".join(f"{w['final']:.3f}" for w in res["windows"])
+            )
+
+        solved = _run_all(pool, reconstruct_clip, tasks, done)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     results: dict[str, dict[str, Any]] = {m: {} for m in settings["methods"]}
-    for split in ("test", "test_mismatch"):
-        n = min(settings["clips"], len(data[split]["qpos"]))
-        for i in range(n):
-            clip = {k: v[i] for k, v in data[split].items()}
-            key = f"{split}[{i}]"
-            gt_losses[key] = gt_window_losses(clip, settings["windows"])
-            for m in settings["methods"]:
-                # a name with its own weights runs as its method; others as themselves
-                # (solve_window loads a task model's shipped weights)
-                method = runs_as[m] if m in nets else m
-                res = reconstruct_clip(
-                    clip, method, settings, i, lr if m == "adam" else None, nets.get(m)
-                )
-                results[m][key] = res
-                log(
-                    f"{key} {m}: MPJPE {res['mpjpe']:.1f} mm, final losses "
-                    + ", ".join(f"{w['final']:.3f}" for w in res["windows"])
-                )
+    for (key, m), res in zip(keys, solved, strict=True):
+        results[m][key] = res
     summary = summarize(results, settings, gt_losses)
     summary["adam_lr"] = lr
     timing["total_s"] = round(time.perf_counter() - t_start, 1)

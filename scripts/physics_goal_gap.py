@@ -2,7 +2,7 @@
 """How far is the physics goal? Evaluations that Adam at every learning rate, BFGS, L-BFGS and
 the learned model need to reach the goal's target on the first windows of the test clips.
 
-    .venv/bin/python scripts/physics_goal_gap.py --out bench_results/physics/goal_gap  # ~3 min
+    .venv/bin/python scripts/physics_goal_gap.py --out bench_results/physics/goal_gap
     # choosing a variant on validation windows (24 problems) instead of the test clips:
     .venv/bin/python scripts/rule_variants.py optimus-humanoid --out runs/variants/step \
         --variant s15:step_factor=1.5 --variant s2:step_factor=2
@@ -19,6 +19,8 @@ learning rate that is best at evaluation 10: an optimistic bound on what a fixed
 could do, and a yardstick for how much faster than first-order a learned optimizer would
 have to be. First windows only: they are the identical problem for every method (later
 windows start from each method's own reconstruction). Writes ``report.md`` and ``windows.csv``.
+The (window, method) runs go to ``--jobs`` worker processes, as in ``optimus bench physics``
+(:func:`optimus.physics.bench.make_pool`); the results do not depend on their number.
 """
 
 from __future__ import annotations
@@ -57,38 +59,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evals", type=int, default=50)
     PB.add_learned_arguments(p, "optimus-humanoid")
     p.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in LRS), help="Adam grid")
+    PB.add_jobs_argument(p)
     args = p.parse_args(argv)
     if args.evals < AT:
         p.error(f"--evals must be at least {AT} (the goal's budget)")
 
-    from optimus.physics import model as M
     from optimus.physics import motion as MO
 
     t0 = time.perf_counter()
-    PB.enable_compilation_cache()
+    cache_dir = PB.enable_compilation_cache()
     data = MO.load(None)
-    settings = dict(evals=args.evals, ks=[args.k], val_windows=4)
-    tuned = PB.tune_adam(data, settings, print)
-    dyn = M.model_arrays()
-    learned = [m.strip() for m in args.learned.split(",") if m.strip()]
-    nets, _, runs_as = PB.load_weights(dict(methods=learned, params_dir=args.params_dir))
-    lrs = [float(v) for v in args.lrs.split(",")]
-    methods = [f"adam@{lr:g}" for lr in lrs] + ["bfgs", "lbfgs", *learned]
-    rows = []  # (window, method, losses)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for split in splits:
         if split not in data:
             p.error(f"unknown split {split!r}; the dataset has {', '.join(data)}")
-    windows = [
-        window
-        for split in splits
-        for i in range(min(args.clips, len(data[split]["qpos"])))
-        for window in PB.goal_windows(
-            {k: v[i] for k, v in data[split].items()}, f"{split}[{i}]", args.windows, args.k, dyn
-        )
-    ]
-    for key, obj in windows:
-        curves, finals = {}, {}
+    learned = [m.strip() for m in args.learned.split(",") if m.strip()]
+    nets, _, runs_as = PB.load_weights(dict(methods=learned, params_dir=args.params_dir))
+    lrs = [float(v) for v in args.lrs.split(",")]
+    methods = [f"adam@{lr:g}" for lr in lrs] + ["bfgs", "lbfgs", *learned]
+    # the simulator's value and gradient, compiled once here (the workers load it from the cache)
+    obj = PB.first_window({k: v[0] for k, v in data["val"].items()}, args.k)
+    obj.host_value_and_grad(np.zeros(obj.n))
+    pool = PB.make_pool(args.jobs or PB.default_jobs(), cache_dir)
+    try:
+        settings = dict(evals=args.evals, ks=[args.k], val_windows=4)
+        tuned = PB.tune_adam(data, settings, print, pool)
         todo = [
             (m, "adam", dict(lr=float(m[5:])))
             if m.startswith("adam@")
@@ -99,11 +94,35 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if f"adam@{tuned:g}" not in methods:
             todo.append((f"adam@{tuned:g}", "adam", dict(lr=tuned)))
-        for m, method, kw in todo:
-            out = PB.solve_window(obj, method, args.evals, **kw)
-            curves[m], finals[m] = out["losses"], PB._finite_or_inf(out["final"])
+        windows = []  # (key, clip, w)
+        for split in splits:
+            for i in range(min(args.clips, len(data[split]["qpos"]))):
+                clip = {k: v[i] for k, v in data[split].items()}
+                for w in range(min(args.windows, len(clip["qpos"]) - 1)):
+                    windows.append((f"{split}[{i}]" + (f"w{w}" if w else ""), clip, w))
+        tasks = [
+            (clip, w, args.k, method, args.evals, kw.get("lr"), None, kw.get("params"))
+            for _, clip, w in windows
+            for _, method, kw in todo
+        ]
+        left = {key: len(todo) for key, _, _ in windows}
+
+        def done(j: int, _) -> None:
+            key = windows[j // len(todo)][0]
+            left[key] -= 1
+            if not left[key]:
+                print(f"[{time.perf_counter() - t0:6.0f}s] {key} done", flush=True)
+
+        solved = PB._run_all(pool, PB.solve_goal_window, tasks, done)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    rows = []  # (window, curves, finals)
+    for j, (key, _, _) in enumerate(windows):
+        mine = solved[j * len(todo) : (j + 1) * len(todo)]
+        curves = {m: c for (m, _, _), (c, _) in zip(todo, mine, strict=True)}
+        finals = {m: f for (m, _, _), (_, f) in zip(todo, mine, strict=True)}
         rows.append((key, curves, finals))
-        print(f"[{time.perf_counter() - t0:6.0f}s] {key} done", flush=True)
 
     # the bench's target: (1 + eps) x the lowest final loss of the baselines
     baseline_names = [f"adam@{tuned:g}", "bfgs", "lbfgs"]

@@ -13,7 +13,8 @@ script repeats the measurement ``--draws`` times: draw 0 from the benchmark's st
 the others from θ = δ, δ ~ N(0, sd²) per unknown, with each draw's own target (from that
 draw's baseline runs). Windows as in ``physics_goal_gap.py --splits val --clips 4 --windows
 6`` (the first window of each clip as the benchmark builds it, later ones from the
-ground-truth state). Writes ``report.md`` and ``windows.csv``.
+ground-truth state). Writes ``report.md`` and ``windows.csv``. The runs go to ``--jobs``
+worker processes, as in ``optimus bench physics``; the results do not depend on their number.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sd", type=float, default=1e-6, help="start offset per unknown (rad)")
     PB.add_learned_arguments(p, "optimus-humanoid")
     p.add_argument("--seed", type=int, default=0)
+    PB.add_jobs_argument(p)
     args = p.parse_args(argv)
     if args.evals < AT:
         p.error(f"--evals must be at least {AT} (the goal's budget)")
@@ -50,46 +52,70 @@ def main(argv: list[str] | None = None) -> int:
     if not (np.isfinite(args.sd) and args.sd > 0):
         p.error("--sd must be a positive number")
 
-    from optimus.physics import model as M
     from optimus.physics import motion as MO
 
     t0 = time.perf_counter()
-    PB.enable_compilation_cache()
+    cache_dir = PB.enable_compilation_cache()
     data = MO.load(None)
     if args.split not in data:
         p.error(f"unknown split {args.split!r}; the dataset has {', '.join(data)}")
-    tuned = PB.tune_adam(data, dict(evals=args.evals, ks=[args.k], val_windows=4), print)
-    dyn = M.model_arrays()
     learned = [m.strip() for m in args.learned.split(",") if m.strip()]
     nets, _, runs_as = PB.load_weights(dict(methods=learned, params_dir=args.params_dir))
-    adam = f"adam@{tuned:g}"
-    baselines = [adam, "bfgs", "lbfgs"]
-    methods = [*baselines, *learned]
-    split = data[args.split]
-    rng = np.random.default_rng(args.seed)
+    # the simulator's value and gradient, compiled once here (the workers load it from the cache)
+    obj = PB.first_window({k: v[0] for k, v in data["val"].items()}, args.k)
+    obj.host_value_and_grad(np.zeros(obj.n))
+    pool = PB.make_pool(args.jobs or PB.default_jobs(), cache_dir)
+    try:
+        settings = dict(evals=args.evals, ks=[args.k], val_windows=4)
+        tuned = PB.tune_adam(data, settings, print, pool)
+        adam = f"adam@{tuned:g}"
+        baselines = [adam, "bfgs", "lbfgs"]
+        methods = [*baselines, *learned]
+        split = data[args.split]
+        n = obj.n
+        rng = np.random.default_rng(args.seed)
+        runs = []  # (window key, draw, clip, w, x0), starts drawn in this order
+        for i in range(min(args.clips, len(split["qpos"]))):
+            clip = {k: v[i] for k, v in split.items()}
+            for w in range(min(args.windows, len(clip["qpos"]) - 1)):
+                key = f"{args.split}[{i}]" + (f"w{w}" if w else "")
+                for d in range(args.draws):
+                    x0 = np.zeros(n) if d == 0 else rng.normal(0.0, args.sd, n)
+                    runs.append((key, d, clip, w, x0))
+        tasks = []
+        for _, _, clip, w, x0 in runs:
+            for m in methods:
+                if m == adam:
+                    tasks.append((clip, w, args.k, "adam", args.evals, tuned, x0, None))
+                else:
+                    method, net = (runs_as[m], nets[m]) if m in nets else (m, None)
+                    tasks.append((clip, w, args.k, method, args.evals, None, x0, net))
+        left = {}
+        for key, *_ in runs:
+            left[key] = left.get(key, 0) + len(methods)
+
+        def done(j: int, _) -> None:
+            key = runs[j // len(methods)][0]
+            left[key] -= 1
+            if not left[key]:
+                print(f"[{time.perf_counter() - t0:6.0f}s] {key} done", flush=True)
+
+        solved = PB._run_all(pool, PB.solve_goal_window, tasks, done)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     rows = []  # (window, draw, method, evals_to_reach, loss_at_AT / target)
-    for i in range(min(args.clips, len(split["qpos"]))):
-        clip = {k: v[i] for k, v in split.items()}
-        for key, obj in PB.goal_windows(clip, f"{args.split}[{i}]", args.windows, args.k, dyn):
-            for d in range(args.draws):
-                x0 = np.zeros(obj.n) if d == 0 else rng.normal(0.0, args.sd, obj.n)
-                curves, finals = {}, {}
-                for m in methods:
-                    if m == adam:
-                        out = PB.solve_window(obj, "adam", args.evals, lr=tuned, x0=x0)
-                    else:
-                        method, kw = (runs_as[m], dict(params=nets[m])) if m in nets else (m, {})
-                        out = PB.solve_window(obj, method, args.evals, x0=x0, **kw)
-                    curves[m], finals[m] = out["losses"], PB._finite_or_inf(out["final"])
-                target = (1 + PB.EPS) * min(finals[b] for b in baselines)
-                for m in methods:
-                    if np.isfinite(target):
-                        ratio = float(curves[m][AT - 1] / target)
-                        reach = PB._evals_to_reach(curves[m], target)
-                    else:
-                        ratio, reach = float("nan"), float("nan")
-                    rows.append((key, d, m, reach, ratio))
-            print(f"[{time.perf_counter() - t0:6.0f}s] {key} done", flush=True)
+    for j, (key, d, *_) in enumerate(runs):
+        mine = dict(zip(methods, solved[j * len(methods) : (j + 1) * len(methods)], strict=True))
+        target = (1 + PB.EPS) * min(mine[b][1] for b in baselines)
+        for m in methods:
+            curve = mine[m][0]
+            if np.isfinite(target):
+                ratio = float(curve[AT - 1] / target)
+                reach = PB._evals_to_reach(curve, target)
+            else:
+                ratio, reach = float("nan"), float("nan")
+            rows.append((key, d, m, reach, ratio))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

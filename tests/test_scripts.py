@@ -154,10 +154,19 @@ def test_variant_targets_counts_cells_as_the_report_does(tmp_path):
 
 @pytest.mark.parametrize(
     "bad",
-    [["--draws", "1"], ["--sd", "0"], ["--sd", "nan"], ["--evals", "5"]],
+    [
+        ("physics_goal_noise", ["--draws", "1"]),
+        ("physics_goal_noise", ["--sd", "0"]),
+        ("physics_goal_noise", ["--sd", "nan"]),
+        ("physics_goal_noise", ["--evals", "5"]),
+        ("physics_goal_noise", ["--jobs", "0"]),
+        ("physics_goal_gap", ["--evals", "5"]),
+        ("physics_goal_gap", ["--jobs", "-1"]),
+    ],
 )
-def test_physics_goal_noise_refuses_bad_arguments_before_any_work(tmp_path, bad):
-    mod = _script("physics_goal_noise")
+def test_physics_goal_scripts_refuse_bad_arguments_before_any_work(tmp_path, bad):
+    script, bad = bad
+    mod = _script(script)
     with pytest.raises(SystemExit) as e:
         mod.main(["--out", str(tmp_path / "o"), *bad])
     assert e.value.code == 2

@@ -82,13 +82,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``optimus bench physics``."""
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="small run: 2 clips per test split, 2 windows each, K = 4, 50 evaluations",
-    )
+def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
+    """``--jobs N`` (``None`` when not given: :func:`default_jobs`)."""
     parser.add_argument(
         "--jobs",
         type=_positive_int,
@@ -96,7 +91,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes (default: the usable CPU cores, at most 4); one simulator "
         "evaluation uses one core, so N workers solve about N times faster",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``optimus bench physics``."""
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small run: 2 clips per test split, 2 windows each, K = 4, 50 evaluations",
+    )
     parser.add_argument("--out", required=True, help="output directory")
+    add_jobs_argument(parser)
     parser.add_argument("--methods", default=",".join(default_methods()), help="comma-separated")
     parser.add_argument("--evals", type=int, default=None, help="evaluations per window")
     parser.add_argument("--clips", type=int, default=None, help="clips per test split")
@@ -343,19 +348,42 @@ def first_window(clip: dict, k: int, model_dyn=None):
     return _window(clip, 0, qpos, qvel, k, M.model_arrays() if model_dyn is None else model_dyn)
 
 
+def goal_window(clip: dict, w: int, k: int, model_dyn=None):
+    """Window ``w`` of ``clip`` as the goal measurements build it: window 0 as the benchmark
+    does (:func:`first_window`), a later one started from the ground-truth state (an
+    independent problem), with the root-height correction of :func:`clip_start`."""
+    from optimus.physics import model as M
+
+    dyn = M.model_arrays() if model_dyn is None else model_dyn
+    if w == 0:
+        return first_window(clip, k, dyn)
+    qpos, qvel = clip_start(clip, w)
+    return _window(clip, w, qpos, qvel, k, dyn)
+
+
 def goal_windows(clip: dict, name: str, windows: int, k: int, model_dyn):
     """The windows of the goal measurements (``scripts/physics_goal_gap.py``,
-    ``scripts/physics_goal_noise.py``): window 0 as the benchmark builds it
-    (:func:`first_window`) and, for ``windows > 1``, the next ones started from the
-    ground-truth state, i.e. independent problems. Yields ``(key, objective)`` with keys
-    ``name``, ``name + "w1"``, ... Every window of a ``test_mismatch`` clip starts with the
-    root-height correction of :func:`clip_start` (the true state belongs to another body)."""
+    ``scripts/physics_goal_noise.py``): :func:`goal_window` for ``w = 0, 1, ...``.
+    Yields ``(key, objective)`` with keys ``name``, ``name + "w1"``, ..."""
     for w in range(min(windows, len(clip["qpos"]) - 1)):
-        if w == 0:
-            yield name, first_window(clip, k, model_dyn)
-        else:
-            qpos, qvel = clip_start(clip, w)
-            yield f"{name}w{w}", _window(clip, w, qpos, qvel, k, model_dyn)
+        yield (name if w == 0 else f"{name}w{w}"), goal_window(clip, w, k, model_dyn)
+
+
+def solve_goal_window(
+    clip: dict,
+    w: int,
+    k: int,
+    method: str,
+    evals: int,
+    lr: float | None = None,
+    x0: np.ndarray | None = None,
+    params: Any = None,
+) -> tuple[np.ndarray, float]:
+    """:func:`solve_window` on :func:`goal_window` ``(clip, w, k)``: the best-so-far loss
+    after every evaluation and the final loss (``inf`` if not finite). A task of the goal
+    scripts' worker pools (:func:`make_pool`)."""
+    out = solve_window(goal_window(clip, w, k), method, evals, lr, x0, params)
+    return out["losses"], _finite_or_inf(out["final"])
 
 
 def add_learned_arguments(parser: argparse.ArgumentParser, default: str) -> None:

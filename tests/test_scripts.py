@@ -1,6 +1,7 @@
 """The scripts: seed selection (train_seeds.sh, bench_validation.py), rule variants, and the
 argument checks of the physics measurements."""
 
+import csv
 import importlib.util
 import json
 import os
@@ -184,3 +185,20 @@ def test_recount_targets_reproduces_a_reports_issue_targets(capsys):
     assert len(lines) == 2
     for line in lines:
         assert line in report
+
+
+def test_step_cost_times_each_model_and_dimension(tmp_path):
+    mod = _script("step_cost")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--out", str(tmp_path / "bad"), "--dims", "0"])
+    assert e.value.code == 2 and not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):
+        mod.main(["--out", str(tmp_path / "bad"), "--models", "nonsense"])
+    out = tmp_path / "o"
+    args = ["--out", str(out), "--models", "mlp", "--dims", "8,16", "--steps", "2"]
+    assert mod.main([*args, "--repeats", "2"]) == 0
+    rows = list(csv.DictReader((out / "step_cost.csv").open()))
+    assert [(r["model"], r["n"]) for r in rows] == [("mlp", "8"), ("mlp", "16")]
+    for r in rows:
+        assert 0 < float(r["fastest_ms"]) <= float(r["median_ms"])
+    assert "| 16 |" in (out / "step_cost.md").read_text()

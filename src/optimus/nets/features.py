@@ -112,6 +112,13 @@ def lbfgs_direction(g: jax.Array, S: jax.Array, Y: jax.Array) -> jax.Array:
 BFGS_SCALINGS = ("asymmetric", "up", "ol", "none")
 
 
+def trace(H: jax.Array) -> jax.Array:
+    r""":math:`\operatorname{tr} H` as the sum of the gathered diagonal: ``jnp.trace`` masks the
+    whole matrix and reduces it, three memory passes over :math:`n^2` entries per call (about
+    12 MB at n = 1000 in float32) where the diagonal needs :math:`n` reads."""
+    return jnp.sum(jnp.diagonal(H))
+
+
 def bfgs_inverse_update(
     H: jax.Array, s: jax.Array, y: jax.Array, scaling: str = "asymmetric"
 ) -> jax.Array:
@@ -152,7 +159,7 @@ def bfgs_inverse_update(
     yy = jnp.vdot(y, y)
     keep = sy > 1e-10 * jnp.sqrt(jnp.vdot(s, s) * yy)
     safe_sy = jnp.where(keep, sy, 1.0)
-    fresh = jnp.trace(H) == 0
+    fresh = trace(H) == 0
     gamma = safe_sy / jnp.where(keep, yy, 1.0)
     v = H @ y
     yv = jnp.vdot(y, v)
@@ -192,11 +199,13 @@ def sr1_inverse_update(H: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
     """
     sy = jnp.vdot(s, y)
     yy = jnp.vdot(y, y)
-    fresh = jnp.trace(H) == 0
+    fresh = trace(H) == 0
     start = fresh & (sy > 0) & (yy > 0)
     gamma = jnp.where(start, sy, 0.0) / jnp.where(start, yy, 1.0)
     H0 = jnp.where(fresh, gamma * jnp.eye(H.shape[0], dtype=H.dtype), H)
-    v = s - H0 @ y
+    # H0 y without materialising H0 (it would cost a write and a read of n^2 entries): the
+    # product with the old H is the one the caller's prediction error also needs
+    v = s - jnp.where(fresh, gamma * y, H @ y)
     vy = jnp.vdot(v, y)
     r = math.sqrt(float(jnp.finfo(H.dtype).eps))
     keep = (~fresh | start) & (jnp.abs(vy) > r * jnp.sqrt(jnp.vdot(v, v) * yy))

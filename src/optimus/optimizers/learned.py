@@ -206,7 +206,7 @@ def _sr1_direction(sr1: SR1State, H_bfgs, g, s, y, q, t, margin: float):
     predictor by the margin and gives a sufficient descent direction (module docstring).
     ``H_bfgs`` is the BFGS estimate *before* this pair."""
     tiny = jnp.finfo(s.dtype).tiny
-    scored = (t > 0) & (jnp.vdot(s, s) > 0) & (jnp.trace(sr1.H) != 0)
+    scored = (t > 0) & (jnp.vdot(s, s) > 0) & (F.trace(sr1.H) != 0)
     err_sr1 = jnp.sqrt(jnp.sum((sr1.H @ y - s) ** 2)) + tiny
     err_bfgs = jnp.sqrt(jnp.sum((_dense_apply(H_bfgs, y) - s) ** 2)) + tiny
     d = jnp.clip(jnp.log(err_sr1 / err_bfgs), -SR1_CLIP, SR1_CLIP)

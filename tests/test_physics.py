@@ -286,6 +286,8 @@ def test_worker_pool_returns_results_in_task_order(tmp_path):
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", str(tmp_path), "--jobs", "0"])
     assert 1 <= bench.default_jobs() <= 4
+    avail = bench.available_memory_gb()
+    assert avail is None or avail > 0
 
 
 def test_task_model_runs_its_shipped_weights_with_its_method(data):

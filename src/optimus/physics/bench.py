@@ -66,13 +66,36 @@ def default_methods() -> tuple[str, ...]:
     return METHODS[:1] + tuple(m for m in TASK_MODELS if m in available()) + METHODS[1:]
 
 
+WORKER_GB = 2.5  # memory to allow per worker (measured: about 1.9 GB resident each)
+
+
 def default_jobs() -> int:
-    """Worker processes by default: the CPU cores this process may use, at most 4."""
+    """Worker processes by default: the CPU cores this process may use, at most 4, and no
+    more than the available memory holds at :data:`WORKER_GB` each (where it can be read)."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         n = os.cpu_count() or 1
+    avail = available_memory_gb()
+    if avail is not None:
+        n = min(n, int(avail // WORKER_GB))
     return max(1, min(n, 4))
+
+
+def available_memory_gb() -> float | None:
+    """Memory available to new processes in GiB: ``MemAvailable`` of ``/proc/meminfo``
+    (Linux; free memory plus reclaimable caches), else the free pages by ``sysconf``, else
+    ``None``."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return None
 
 
 def _positive_int(text: str) -> int:
@@ -88,8 +111,9 @@ def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=_positive_int,
         default=None,
-        help="worker processes (default: the usable CPU cores, at most 4); one simulator "
-        "evaluation uses one core, so N workers solve about N times faster",
+        help="worker processes (default: the usable CPU cores, at most 4 and at most one per "
+        f"{WORKER_GB:g} GB of available memory); one simulator evaluation uses one core, so N "
+        "workers solve about N times faster; each holds about 1.9 GB",
     )
 
 

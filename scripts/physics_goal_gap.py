@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     nets, _, runs_as = PB.load_weights(dict(methods=learned, params_dir=args.params_dir))
     lrs = [float(v) for v in args.lrs.split(",")]
     methods = [f"adam@{lr:g}" for lr in lrs] + ["bfgs", "lbfgs", *learned]
-    # the simulator's value and gradient, compiled once here (the workers load it from the cache)
-    obj = PB.first_window({k: v[0] for k, v in data["val"].items()}, args.k)
-    obj.host_value_and_grad(np.zeros(obj.n))
-    pool = PB.make_pool(args.jobs or PB.default_jobs(), cache_dir)
+    pool = PB.start_goal_pool(data, args.k, args.jobs, cache_dir)
     try:
         settings = dict(evals=args.evals, ks=[args.k], val_windows=4)
         tuned = PB.tune_adam(data, settings, print, pool)
@@ -105,15 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             for _, clip, w in windows
             for _, method, kw in todo
         ]
-        left = {key: len(todo) for key, _, _ in windows}
-
-        def done(j: int, _) -> None:
-            key = windows[j // len(todo)][0]
-            left[key] -= 1
-            if not left[key]:
-                print(f"[{time.perf_counter() - t0:6.0f}s] {key} done", flush=True)
-
-        solved = PB._run_all(pool, PB.solve_goal_window, tasks, done)
+        keys = [key for key, _, _ in windows for _ in todo]
+        solved = PB.run_goal_tasks(pool, tasks, keys, t0)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (np.isfinite(args.sd) and args.sd > 0):
         p.error("--sd must be a positive number")
 
+    from optimus.physics import model as M
     from optimus.physics import motion as MO
 
     t0 = time.perf_counter()
@@ -61,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown split {args.split!r}; the dataset has {', '.join(data)}")
     learned = [m.strip() for m in args.learned.split(",") if m.strip()]
     nets, _, runs_as = PB.load_weights(dict(methods=learned, params_dir=args.params_dir))
-    # the simulator's value and gradient, compiled once here (the workers load it from the cache)
-    obj = PB.first_window({k: v[0] for k, v in data["val"].items()}, args.k)
-    obj.host_value_and_grad(np.zeros(obj.n))
-    pool = PB.make_pool(args.jobs or PB.default_jobs(), cache_dir)
+    pool = PB.start_goal_pool(data, args.k, args.jobs, cache_dir)
     try:
         settings = dict(evals=args.evals, ks=[args.k], val_windows=4)
         tuned = PB.tune_adam(data, settings, print, pool)
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         baselines = [adam, "bfgs", "lbfgs"]
         methods = [*baselines, *learned]
         split = data[args.split]
-        n = obj.n
+        n = M.N_JOINTS * args.k  # unknowns of a window: a PD-target offset per joint and keyframe
         rng = np.random.default_rng(args.seed)
         runs = []  # (window key, draw, clip, w, x0), starts drawn in this order
         for i in range(min(args.clips, len(split["qpos"]))):
@@ -90,17 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     method, net = (runs_as[m], nets[m]) if m in nets else (m, None)
                     tasks.append((clip, w, args.k, method, args.evals, None, x0, net))
-        left = {}
-        for key, *_ in runs:
-            left[key] = left.get(key, 0) + len(methods)
-
-        def done(j: int, _) -> None:
-            key = runs[j // len(methods)][0]
-            left[key] -= 1
-            if not left[key]:
-                print(f"[{time.perf_counter() - t0:6.0f}s] {key} done", flush=True)
-
-        solved = PB._run_all(pool, PB.solve_goal_window, tasks, done)
+        keys = [key for key, *_ in runs for _ in methods]
+        solved = PB.run_goal_tasks(pool, tasks, keys, t0)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

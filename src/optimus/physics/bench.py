@@ -410,6 +410,28 @@ def solve_goal_window(
     return out["losses"], _finite_or_inf(out["final"])
 
 
+def start_goal_pool(data: dict, k: int, jobs: int | None, cache_dir: str):
+    """For the goal scripts: compile the simulator's value and gradient here (the workers then
+    load it from the persistent cache ``cache_dir``) and start ``jobs`` workers
+    (:func:`make_pool`; ``None``: :func:`default_jobs`)."""
+    obj = first_window({key: v[0] for key, v in data["val"].items()}, k)
+    obj.host_value_and_grad(np.zeros(obj.n))
+    return make_pool(jobs or default_jobs(), cache_dir)
+
+
+def run_goal_tasks(pool, tasks: list[tuple], keys: list[str], t0: float) -> list:
+    """:func:`solve_goal_window` on every task (in ``pool``, see :func:`_run_all`); ``keys[i]``
+    names the window of task ``i``, printed once all of that window's tasks are done."""
+    left = {key: keys.count(key) for key in dict.fromkeys(keys)}
+
+    def done(j: int, _) -> None:
+        left[keys[j]] -= 1
+        if not left[keys[j]]:
+            print(f"[{time.perf_counter() - t0:6.0f}s] {keys[j]} done", flush=True)
+
+    return _run_all(pool, solve_goal_window, tasks, done)
+
+
 def add_learned_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     """``--learned`` and ``--params-dir`` of the goal scripts (as ``optimus bench physics
     --methods ... --params-dir``)."""

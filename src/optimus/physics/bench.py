@@ -24,8 +24,8 @@ MJX step is many small operations that XLA does not split across threads), so ``
 solves the (clip, method) reconstructions and the validation windows of Adam's tuning in
 ``N`` worker processes. The main process compiles the value-and-gradient once, which writes it
 to the persistent compilation cache; each worker then loads it from there (tracing included,
-about 50 s on the Intel Xeon). Every reconstruction is a deterministic function of its inputs,
-so the results do not depend on ``N``.
+60-70 s per worker on the 2-core Intel Xeon). Every reconstruction is a deterministic
+function of its inputs, so the results do not depend on ``N``.
 """
 
 from __future__ import annotations

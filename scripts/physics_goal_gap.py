@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         for split in splits:
             for i in range(min(args.clips, len(data[split]["qpos"]))):
                 clip = {k: v[i] for k, v in data[split].items()}
-                for w in range(min(args.windows, len(clip["qpos"]) - 1)):
-                    windows.append((f"{split}[{i}]" + (f"w{w}" if w else ""), clip, w))
+                for key, w in PB.goal_window_keys(clip, f"{split}[{i}]", args.windows):
+                    windows.append((key, clip, w))
         tasks = [
             (clip, w, args.k, method, args.evals, kw.get("lr"), None, kw.get("params"))
             for _, clip, w in windows

@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []  # (window key, draw, clip, w, x0), starts drawn in this order
         for i in range(min(args.clips, len(split["qpos"]))):
             clip = {k: v[i] for k, v in split.items()}
-            for w in range(min(args.windows, len(clip["qpos"]) - 1)):
-                key = f"{args.split}[{i}]" + (f"w{w}" if w else "")
+            for key, w in PB.goal_window_keys(clip, f"{args.split}[{i}]", args.windows):
                 for d in range(args.draws):
                     x0 = np.zeros(n) if d == 0 else rng.normal(0.0, args.sd, n)
                     runs.append((key, d, clip, w, x0))

@@ -38,27 +38,25 @@ def cpu_name() -> str:
 
 def time_model(name: str, n: int, steps: int, repeats: int) -> tuple[float, float, float]:
     """``(compile_s, fastest, median)`` ms per step of the shipped model ``name`` at ``n``."""
-    import importlib
-
     import equinox as eqx
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import optimus
+    from optimus.optimizers.learned import model_init, model_update
 
-    L = importlib.import_module("optimus.optimizers.learned")
     net = optimus.load_pretrained(name)
     params, static = eqx.partition(net, eqx.is_array)
     x0 = jnp.asarray(np.random.default_rng(0).normal(size=n), jnp.float32)
-    state = L.model_init(net, x0)
+    state = model_init(net, x0)
 
     @jax.jit
     def run(params, state):
         model = eqx.combine(params, static)
 
         def body(st, _):
-            return L.model_update(model, st, jnp.sum(st.x**2), 2 * st.x), None
+            return model_update(model, st, jnp.sum(st.x**2), 2 * st.x), None
 
         return jax.lax.scan(body, state, None, length=steps)[0]
 

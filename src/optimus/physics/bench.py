@@ -385,12 +385,18 @@ def goal_window(clip: dict, w: int, k: int, model_dyn=None):
     return _window(clip, w, qpos, qvel, k, dyn)
 
 
-def goal_windows(clip: dict, name: str, windows: int, k: int, model_dyn):
+def goal_window_keys(clip: dict, name: str, windows: int):
     """The windows of the goal measurements (``scripts/physics_goal_gap.py``,
-    ``scripts/physics_goal_noise.py``): :func:`goal_window` for ``w = 0, 1, ...``.
-    Yields ``(key, objective)`` with keys ``name``, ``name + "w1"``, ..."""
+    ``scripts/physics_goal_noise.py``) in ``clip``: up to ``windows`` of them, as
+    ``(key, w)`` with keys ``name``, ``name + "w1"``, ..."""
     for w in range(min(windows, len(clip["qpos"]) - 1)):
-        yield (name if w == 0 else f"{name}w{w}"), goal_window(clip, w, k, model_dyn)
+        yield (name if w == 0 else f"{name}w{w}"), w
+
+
+def goal_windows(clip: dict, name: str, windows: int, k: int, model_dyn):
+    """``(key, objective)`` of :func:`goal_window_keys`, the objective by :func:`goal_window`."""
+    for key, w in goal_window_keys(clip, name, windows):
+        yield key, goal_window(clip, w, k, model_dyn)
 
 
 def solve_goal_window(

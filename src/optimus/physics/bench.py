@@ -307,10 +307,6 @@ def tune_adam(data: dict, settings: dict, log, pool=None) -> float:
     return best
 
 
-def _worker_init(cache_dir: str) -> None:
-    enable_compilation_cache(cache_dir)
-
-
 def make_pool(jobs: int, cache_dir: str):
     """``jobs`` spawned worker processes sharing the compilation cache ``cache_dir``, or
     ``None`` for ``jobs == 1`` (everything runs in this process). JAX must not be forked, hence
@@ -321,7 +317,10 @@ def make_pool(jobs: int, cache_dir: str):
     from concurrent.futures import ProcessPoolExecutor
 
     return ProcessPoolExecutor(
-        jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(cache_dir,)
+        jobs,
+        mp_context=mp.get_context("spawn"),
+        initializer=enable_compilation_cache,
+        initargs=(cache_dir,),
     )
 
 

@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     nets, _, runs_as = PB.load_weights(dict(methods=learned, params_dir=args.params_dir))
     lrs = [float(v) for v in args.lrs.split(",")]
     methods = [f"adam@{lr:g}" for lr in lrs] + ["bfgs", "lbfgs", *learned]
-    pool = PB.start_goal_pool(data, args.k, args.jobs, cache_dir)
-    try:
+    with PB.goal_pool(data, args.k, args.jobs, cache_dir) as pool:
         settings = dict(evals=args.evals, ks=[args.k], val_windows=4)
         tuned = PB.tune_adam(data, settings, print, pool)
         todo = [
@@ -104,9 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         ]
         keys = [key for key, _, _ in windows for _ in todo]
         solved = PB.run_goal_tasks(pool, tasks, keys, t0)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     rows = []  # (window, curves, finals)
     for j, (key, _, _) in enumerate(windows):
         mine = solved[j * len(todo) : (j + 1) * len(todo)]

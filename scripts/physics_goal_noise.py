@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown split {args.split!r}; the dataset has {', '.join(data)}")
     learned = [m.strip() for m in args.learned.split(",") if m.strip()]
     nets, _, runs_as = PB.load_weights(dict(methods=learned, params_dir=args.params_dir))
-    pool = PB.start_goal_pool(data, args.k, args.jobs, cache_dir)
-    try:
+    with PB.goal_pool(data, args.k, args.jobs, cache_dir) as pool:
         settings = dict(evals=args.evals, ks=[args.k], val_windows=4)
         tuned = PB.tune_adam(data, settings, print, pool)
         adam = f"adam@{tuned:g}"
@@ -89,9 +88,6 @@ def main(argv: list[str] | None = None) -> int:
                     tasks.append((clip, w, args.k, method, args.evals, None, x0, net))
         keys = [key for key, *_ in runs for _ in methods]
         solved = PB.run_goal_tasks(pool, tasks, keys, t0)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     rows = []  # (window, draw, method, evals_to_reach, loss_at_AT / target)
     for j, (key, d, *_) in enumerate(runs):
         mine = dict(zip(methods, solved[j * len(methods) : (j + 1) * len(methods)], strict=True))

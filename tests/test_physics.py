@@ -274,13 +274,14 @@ def test_worker_pool_returns_results_in_task_order(tmp_path):
         expected
     )
     assert seen == [0, 1, 2, 3]
-    pool = bench.make_pool(2, str(tmp_path))
-    try:
+    with bench.worker_pool(1, str(tmp_path)) as pool:
+        assert pool is None
+    with bench.worker_pool(2, str(tmp_path)) as pool:
         done: dict[int, float] = {}
         out = bench._run_all(pool, bench._finite_or_inf, tasks, done.__setitem__)
-    finally:
-        pool.shutdown()
     assert out == expected and done == dict(enumerate(expected))
+    with pytest.raises(RuntimeError, match="shutdown"):  # shut down on leaving the block
+        pool.submit(bench._finite_or_inf, 1.0)
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     with pytest.raises(SystemExit):
@@ -453,8 +454,10 @@ def test_goal_windows_correct_the_root_height_of_every_mismatch_window(data):
     clip = {k: v[0] for k, v in data["test_mismatch"].items()}
     shift = bench.clip_start(clip)[0][2] - clip["qpos"][0][2]
     assert abs(shift) > 1e-3  # the bodies differ
-    objs = dict(bench.goal_windows(clip, "m", 3, 4, M.model_arrays()))
-    assert list(objs) == ["m", "mw1", "mw2"]
+    dyn = M.model_arrays()
+    keys = list(bench.goal_window_keys(clip, "m", 3))
+    assert keys == [("m", 0), ("mw1", 1), ("mw2", 2)]
+    objs = {key: bench.goal_window(clip, w, 4, dyn) for key, w in keys}
     for w, obj in enumerate(objs.values()):
         qpos0 = np.asarray(obj.data.qpos0)
         assert qpos0[2] - clip["qpos"][w][2] == pytest.approx(shift, abs=1e-6)

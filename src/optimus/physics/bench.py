@@ -31,6 +31,7 @@ function of its inputs, so the results do not depend on ``N``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -310,7 +311,8 @@ def tune_adam(data: dict, settings: dict, log, pool=None) -> float:
 def make_pool(jobs: int, cache_dir: str):
     """``jobs`` spawned worker processes sharing the compilation cache ``cache_dir``, or
     ``None`` for ``jobs == 1`` (everything runs in this process). JAX must not be forked, hence
-    spawn; a worker pays the tracing and cache load of the simulator once, on its first task."""
+    spawn; a worker pays the tracing and cache load of the simulator once, on its first task.
+    :func:`worker_pool` is the same as a context manager."""
     if jobs <= 1:
         return None
     import multiprocessing as mp
@@ -322,6 +324,27 @@ def make_pool(jobs: int, cache_dir: str):
         initializer=enable_compilation_cache,
         initargs=(cache_dir,),
     )
+
+
+@contextlib.contextmanager
+def worker_pool(jobs: int, cache_dir: str):
+    """:func:`make_pool` as a context manager: yields the pool (or ``None``) and shuts it
+    down on exit, cancelling the tasks not yet started when the block raises (an error, or
+    Ctrl-C), so that no worker outlives the run."""
+    pool = make_pool(jobs, cache_dir)
+    try:
+        yield pool
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def warm_up(clip: dict, k: int) -> None:
+    """Compile the simulator's value and gradient (shared by every window of ``k`` keyframes
+    and every method) by one evaluation of ``clip``'s first window, so that the persistent
+    cache holds it before worker processes start and load it from there."""
+    obj = first_window(clip, k)
+    obj.host_value_and_grad(np.zeros(obj.n))
 
 
 def _run_all(pool, fn, tasks: list[tuple], done=None) -> list:
@@ -392,12 +415,6 @@ def goal_window_keys(clip: dict, name: str, windows: int):
         yield (name if w == 0 else f"{name}w{w}"), w
 
 
-def goal_windows(clip: dict, name: str, windows: int, k: int, model_dyn):
-    """``(key, objective)`` of :func:`goal_window_keys`, the objective by :func:`goal_window`."""
-    for key, w in goal_window_keys(clip, name, windows):
-        yield key, goal_window(clip, w, k, model_dyn)
-
-
 def solve_goal_window(
     clip: dict,
     w: int,
@@ -415,13 +432,13 @@ def solve_goal_window(
     return out["losses"], _finite_or_inf(out["final"])
 
 
-def start_goal_pool(data: dict, k: int, jobs: int | None, cache_dir: str):
-    """For the goal scripts: compile the simulator's value and gradient here (the workers then
-    load it from the persistent cache ``cache_dir``) and start ``jobs`` workers
-    (:func:`make_pool`; ``None``: :func:`default_jobs`)."""
-    obj = first_window({key: v[0] for key, v in data["val"].items()}, k)
-    obj.host_value_and_grad(np.zeros(obj.n))
-    return make_pool(jobs or default_jobs(), cache_dir)
+@contextlib.contextmanager
+def goal_pool(data: dict, k: int, jobs: int | None, cache_dir: str):
+    """For the goal scripts: :func:`warm_up` on the first validation clip, then
+    :func:`worker_pool` with ``jobs`` workers (``None``: :func:`default_jobs`)."""
+    warm_up({key: v[0] for key, v in data["val"].items()}, k)
+    with worker_pool(jobs or default_jobs(), cache_dir) as pool:
+        yield pool
 
 
 def run_goal_tasks(pool, tasks: list[tuple], keys: list[str], t0: float) -> list:
@@ -747,15 +764,12 @@ def main(args: argparse.Namespace) -> int:
     data = MO.load(args.data)
     # warm-up = compilation of the shared value-and-gradient (cached on disk after a first run)
     t0 = time.perf_counter()
-    clip0 = {k: v[0] for k, v in data["test"].items()}
     gt_losses = {}
-    obj = first_window(clip0, 2)
-    obj.host_value_and_grad(np.zeros(obj.n))
+    warm_up({k: v[0] for k, v in data["test"].items()}, 2)
     timing = {"compile_s": round(time.perf_counter() - t0, 1), "jobs": settings["jobs"]}
     log(f"value-and-gradient ready (compile or cache load): {timing['compile_s']} s")
 
-    pool = make_pool(settings["jobs"], cache_dir)
-    try:
+    with worker_pool(settings["jobs"], cache_dir) as pool:
         lr = tune_adam(data, settings, log, pool) if "adam" in settings["methods"] else None
         timing["adam_tuning_s"] = round(time.perf_counter() - t0 - timing["compile_s"], 1)
         tasks, keys = [], []
@@ -781,9 +795,6 @@ def main(args: argparse.Namespace) -> int:
             )
 
         solved = _run_all(pool, reconstruct_clip, tasks, done)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     results: dict[str, dict[str, Any]] = {m: {} for m in settings["methods"]}
     for (key, m), res in zip(keys, solved, strict=True):
         results[m][key] = res

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from optimus.nets import NetConfig, build_net
@@ -63,8 +63,10 @@ def tree_to_npz_bytes(tree: Any) -> bytes:
     return buf.getvalue()
 
 
-def npz_bytes_to_tree(data: bytes, like: Any, *, what: str = "file") -> Any:
-    """Fill the leaves of ``like`` from npz ``data``; clear errors on any mismatch."""
+def npz_bytes_to_tree(data: bytes, like: Any, *, what: str = "file", finite: bool = False) -> Any:
+    """Fill the leaves of ``like`` (arrays or ``jax.ShapeDtypeStruct`` s) from npz ``data``,
+    converted to the leaves' dtypes on the host; clear errors on any mismatch, and with
+    ``finite`` on any non-finite value."""
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
         arrays = {k: npz[k] for k in npz.files}
@@ -77,12 +79,17 @@ def npz_bytes_to_tree(data: bytes, like: Any, *, what: str = "file") -> Any:
         raise ValueError(
             f"{what} does not match the expected structure: missing {missing}, unexpected {extra}"
         )
-    leaves = []
+    leaves, bad = [], []
     for name, ref in zip(names, jax.tree_util.tree_leaves(like), strict=True):
         arr = arrays[name]
         if arr.shape != np.shape(ref):
             raise ValueError(f"{what}: leaf {name} has shape {arr.shape}, expected {np.shape(ref)}")
-        leaves.append(jnp.asarray(arr, dtype=jnp.asarray(ref).dtype))
+        arr = np.asarray(arr, dtype=ref.dtype if hasattr(ref, "dtype") else np.asarray(ref).dtype)
+        if finite and not np.all(np.isfinite(arr)):
+            bad.append(name)
+        leaves.append(jax.device_put(arr))  # jnp.asarray would compile a copy per shape
+    if bad:
+        raise ValueError(f"{what}: non-finite weights in {', '.join(bad[:5])}")
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
 
 
@@ -144,18 +151,18 @@ def load_params_bytes(data: bytes, meta: dict, *, what: str = "parameters"):
         )
     config = _net_config(meta.get("config"), what)
     try:
-        skeleton = build_net(config, jax.random.key(0))
+        skeleton = net_skeleton(config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what}: invalid network config in metadata ({e})") from e
-    net = npz_bytes_to_tree(data, skeleton, what=what)
-    bad = [
-        name
-        for name, leaf in zip(leaf_names(net), jax.tree_util.tree_leaves(net), strict=True)
-        if not bool(jnp.all(jnp.isfinite(leaf)))
-    ]
-    if bad:
-        raise ValueError(f"{what}: non-finite weights in {', '.join(bad[:5])}")
-    return net
+    return npz_bytes_to_tree(data, skeleton, what=what, finite=True)
+
+
+def net_skeleton(config: NetConfig) -> Any:
+    """The network of ``config`` with ``jax.ShapeDtypeStruct`` leaves: its structure, leaf
+    names, shapes and dtypes, traced abstractly (``equinox.filter_eval_shape``) instead of
+    initialised. Initialising runs every random initialiser eagerly, a small XLA compilation
+    each (about 70, 7-10 s on a 2-core CPU), which loading a saved network does not need."""
+    return eqx.filter_eval_shape(build_net, config, jax.random.key(0))
 
 
 def _net_config(values: Any, what: str) -> NetConfig:

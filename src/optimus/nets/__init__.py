@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import equinox as eqx
 import jax
 
 from optimus.nets.mlp import MLPNet
@@ -32,7 +33,7 @@ def with_config(net: OptimusNet | MLPNet, config: NetConfig) -> OptimusNet | MLP
     """``net``'s meta-parameters under another ``config`` with the same parameters (one that
     differs only in how the outputs are used, e.g. ``monotone`` or ``step_scale``; the config
     is a static field, so this rebuilds the network and refills its arrays in order)."""
-    like = build_net(config, jax.random.key(0))
+    like = eqx.filter_eval_shape(build_net, config, jax.random.key(0))  # structure only
     return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(net))
 
 

@@ -212,3 +212,31 @@ def test_non_finite_weights_are_refused(tmp_path):
     path = optimus.save_params(tmp_path / "net", jax.tree.unflatten(treedef, leaves))
     with pytest.raises(ValueError, match="non-finite weights in"):
         optimus.load_params(path)
+
+
+def test_loading_compiles_nothing(tmp_path, caplog):
+    """Loading builds the skeleton abstractly and puts the arrays on the device: no XLA
+    compilation (initialising a network eagerly compiles one small program per initialiser
+    and shape, about 70 for the shipped Optimus, 7-10 s on a 2-core CPU). Shapes seen
+    nowhere else in the suite, so that no in-memory cache could hide a compilation."""
+    import equinox as eqx
+
+    from optimus.nets import with_rule
+
+    config = NetConfig(width=12, depth=2, num_heads=3, hidden=7, attention="induced")
+    rng = np.random.default_rng(0)  # weights made without JAX ops, which would warm its caches
+    net = jax.tree.map(
+        lambda s: jax.device_put(rng.normal(size=s.shape).astype(s.dtype)),
+        eqx.filter_eval_shape(build_net, config, jax.random.key(0)),
+    )
+    path = optimus.save_params(tmp_path / "net", net)
+    with jax.log_compiles(True), caplog.at_level("DEBUG"):
+        loaded, _ = optimus.load_params(path)
+        ruled = with_rule(loaded, probe=0.25)
+    compiles = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert not compiles, compiles
+    assert ruled.config.probe == 0.25
+    leaves = jax.tree.leaves(net), jax.tree.leaves(loaded), jax.tree.leaves(ruled)
+    for a, b, c in zip(*leaves, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)

@@ -19,11 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
 import jax
 import numpy as np
 
-from optimus.nets import NetConfig, build_net
+from optimus.nets import NetConfig, net_skeleton
 
 FORMAT = "optimus-params"
 FORMAT_VERSION = 1
@@ -155,14 +154,6 @@ def load_params_bytes(data: bytes, meta: dict, *, what: str = "parameters"):
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what}: invalid network config in metadata ({e})") from e
     return npz_bytes_to_tree(data, skeleton, what=what, finite=True)
-
-
-def net_skeleton(config: NetConfig) -> Any:
-    """The network of ``config`` with ``jax.ShapeDtypeStruct`` leaves: its structure, leaf
-    names, shapes and dtypes, traced abstractly (``equinox.filter_eval_shape``) instead of
-    initialised. Initialising runs every random initialiser eagerly, a small XLA compilation
-    each (about 70, 7-10 s on a 2-core CPU), which loading a saved network does not need."""
-    return eqx.filter_eval_shape(build_net, config, jax.random.key(0))
 
 
 def _net_config(values: Any, what: str) -> NetConfig:

@@ -17,6 +17,7 @@ __all__ = [
     "NetOutput",
     "OptimusNet",
     "build_net",
+    "net_skeleton",
     "with_config",
     "with_rule",
 ]
@@ -29,11 +30,20 @@ def build_net(config: NetConfig, key: jax.Array) -> OptimusNet | MLPNet:
     return OptimusNet(config, key=key)
 
 
+def net_skeleton(config: NetConfig) -> OptimusNet | MLPNet:
+    """The network of ``config`` with ``jax.ShapeDtypeStruct`` leaves: its structure, leaf
+    names, shapes and dtypes, traced abstractly (``equinox.filter_eval_shape``) instead of
+    initialised. Initialising runs every random initialiser eagerly, a small XLA compilation
+    each (about 70, 7-10 s on a 2-core CPU), which loading or re-configuring a network does
+    not need."""
+    return eqx.filter_eval_shape(build_net, config, jax.random.key(0))
+
+
 def with_config(net: OptimusNet | MLPNet, config: NetConfig) -> OptimusNet | MLPNet:
     """``net``'s meta-parameters under another ``config`` with the same parameters (one that
     differs only in how the outputs are used, e.g. ``monotone`` or ``step_scale``; the config
     is a static field, so this rebuilds the network and refills its arrays in order)."""
-    like = eqx.filter_eval_shape(build_net, config, jax.random.key(0))  # structure only
+    like = net_skeleton(config)
     return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(net))
 
 

@@ -20,7 +20,7 @@ could do, and a yardstick for how much faster than first-order a learned optimiz
 have to be. First windows only: they are the identical problem for every method (later
 windows start from each method's own reconstruction). Writes ``report.md`` and ``windows.csv``.
 The (window, method) runs go to ``--jobs`` worker processes, as in ``optimus bench physics``
-(:func:`optimus.physics.bench.make_pool`); the results do not depend on their number.
+(:func:`optimus.physics.bench.worker_pool`); the results do not depend on their number.
 """
 
 from __future__ import annotations

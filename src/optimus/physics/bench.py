@@ -308,35 +308,29 @@ def tune_adam(data: dict, settings: dict, log, pool=None) -> float:
     return best
 
 
-def make_pool(jobs: int, cache_dir: str):
-    """``jobs`` spawned worker processes sharing the compilation cache ``cache_dir``, or
-    ``None`` for ``jobs == 1`` (everything runs in this process). JAX must not be forked, hence
-    spawn; a worker pays the tracing and cache load of the simulator once, on its first task.
-    :func:`worker_pool` is the same as a context manager."""
+@contextlib.contextmanager
+def worker_pool(jobs: int, cache_dir: str):
+    """Yields ``jobs`` spawned worker processes sharing the compilation cache ``cache_dir``,
+    or ``None`` for ``jobs == 1`` (everything runs in this process). JAX must not be forked,
+    hence spawn; a worker pays the tracing and cache load of the simulator once, on its first
+    task. On exit the pool is shut down, cancelling the tasks not yet started when the block
+    raises (an error, or Ctrl-C), so that no worker outlives the run."""
     if jobs <= 1:
-        return None
+        yield None
+        return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         jobs,
         mp_context=mp.get_context("spawn"),
         initializer=enable_compilation_cache,
         initargs=(cache_dir,),
     )
-
-
-@contextlib.contextmanager
-def worker_pool(jobs: int, cache_dir: str):
-    """:func:`make_pool` as a context manager: yields the pool (or ``None``) and shuts it
-    down on exit, cancelling the tasks not yet started when the block raises (an error, or
-    Ctrl-C), so that no worker outlives the run."""
-    pool = make_pool(jobs, cache_dir)
     try:
         yield pool
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=True)
 
 
 def warm_up(clip: dict, k: int) -> None:
@@ -427,7 +421,7 @@ def solve_goal_window(
 ) -> tuple[np.ndarray, float]:
     """:func:`solve_window` on :func:`goal_window` ``(clip, w, k)``: the best-so-far loss
     after every evaluation and the final loss (``inf`` if not finite). A task of the goal
-    scripts' worker pools (:func:`make_pool`)."""
+    scripts' worker pools (:func:`worker_pool`)."""
     out = solve_window(goal_window(clip, w, k), method, evals, lr, x0, params)
     return out["losses"], _finite_or_inf(out["final"])
 

@@ -72,8 +72,16 @@ def _env(cache: Path, cpu_devices: int | None = None) -> dict:
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         PYTHONUNBUFFERED="1",
     )
+    # the suite's XLA code-generator choice (tests/conftest.py) is kept, nothing else of XLA_FLAGS
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if f.startswith("--xla_cpu_use_fusion_emitters")
+    ]
     if cpu_devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={cpu_devices}"
+        flags.append(f"--xla_force_host_platform_device_count={cpu_devices}")
+    if flags:
+        env["XLA_FLAGS"] = " ".join(flags)
     return env
 
 

@@ -228,7 +228,9 @@ def worker_sharded(out: str, config: str) -> None:
             )
         states[n] = (jax.device_get(state), np.asarray(metrics))
     (s1, m1), (s4, m4) = states[1], states[4]
-    np.testing.assert_allclose(m4, m1, rtol=1e-5)
+    # the first step's meta-loss is a mean of terms that nearly cancel (about -5e-6): the
+    # reduction order of 4 devices moves it by a few 1e-9, so an absolute tolerance too
+    np.testing.assert_allclose(m4, m1, rtol=1e-5, atol=1e-7)
     leaves1, leaves4 = jax.tree.leaves(s1), jax.tree.leaves(s4)
     assert len(leaves1) == len(leaves4)
     for a, b in zip(leaves1, leaves4, strict=True):

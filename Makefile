@@ -27,7 +27,9 @@ docs: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py
 
 # two pytest-xdist workers, one test module per worker at a time (tests/conftest.py
-# collects the heavy modules first); plain `pytest` runs the same suite in one process
+# collects the heavy modules first, and compiles with XLA's faster-compiling older CPU code
+# generator; OPTIMUS_TEST_XLA_DEFAULTS=1 keeps XLA's defaults); plain `pytest` runs the
+# same suite in one process
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 

@@ -1,4 +1,5 @@
-"""PES and ES meta-gradient estimators against the exact gradient on a tiny problem."""
+"""PES and ES meta-gradient estimators against the exact (autodiff) and the brute-force
+(finite-difference) meta-gradient on a tiny problem."""
 
 import functools
 
@@ -51,8 +52,9 @@ THETA = jnp.asarray([jnp.log(0.3), 0.2])
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6))
 def _pes_sum(task, theta, key, num_pairs, truncation, num_truncations, sigma):
-    """Sum of PES estimates over consecutive truncations with theta held fixed, and the
-    exact gradient of the particles' total loss over the same inner steps (autodiff)."""
+    """Sum of PES estimates over consecutive truncations with theta held fixed, the exact
+    gradient of the particles' total loss over the same inner steps (autodiff), and the
+    brute-force gradient of that loss by central finite differences (step 1e-3)."""
     state = pes_init(task, theta, key, num_pairs)
     # no staggering in ToyTask: every particle starts its problem at step 0
     total = jnp.zeros_like(theta)
@@ -73,7 +75,14 @@ def _pes_sum(task, theta, key, num_pairs, truncation, num_truncations, sigma):
             loss = loss + jnp.sum(losses, axis=1)
         return jnp.mean(loss)
 
-    return total, jax.grad(exact_loss)(theta)
+    h = 1e-3
+    fd = jnp.stack(
+        [
+            (exact_loss(theta.at[i].add(h)) - exact_loss(theta.at[i].add(-h))) / (2 * h)
+            for i in range(theta.size)
+        ]
+    )
+    return total, jax.grad(exact_loss)(theta), fd
 
 
 def test_pes_matches_exact_gradient_including_resets_inside_truncations():
@@ -81,14 +90,19 @@ def test_pes_matches_exact_gradient_including_resets_inside_truncations():
     task = ToyTask(horizon=5)
     est, exact = [], None
     for b in range(12):
-        g, exact = _pes_sum(task, THETA, jax.random.key(b), 2000, 2, 4, 0.01)
+        g, exact, fd = _pes_sum(task, THETA, jax.random.key(b), 2000, 2, 4, 0.01)
         est.append(np.asarray(g))
+        # the reference itself, checked by brute force: finite differences of the same loss
+        np.testing.assert_allclose(np.asarray(fd), np.asarray(exact), rtol=2e-3, atol=1e-4)
     est = np.stack(est)
     mean, sem = est.mean(0), est.std(0, ddof=1) / np.sqrt(len(est))
-    exact = np.asarray(exact)
+    exact, fd = np.asarray(exact), np.asarray(fd)
     assert np.all(np.abs(mean - exact) < 4 * sem + 1e-3 * np.abs(exact)), (mean, sem, exact)
+    # the PES estimate against the brute-force (finite-difference) meta-gradient directly
+    assert np.all(np.abs(mean - fd) < 4 * sem + 3e-3 * np.abs(fd)), (mean, sem, fd)
     # and it is not trivially noisy: the estimate resolves the gradient to ~15 %
     np.testing.assert_allclose(mean, exact, rtol=0.15)
+    np.testing.assert_allclose(mean, fd, rtol=0.15)
 
 
 def test_pes_with_a_reset_exactly_at_a_truncation_boundary():
@@ -97,7 +111,7 @@ def test_pes_with_a_reset_exactly_at_a_truncation_boundary():
     task = ToyTask(horizon=4)
     est = []
     for b in range(12):
-        g, exact = _pes_sum(task, THETA, jax.random.key(50 + b), 2000, 2, 4, 0.01)
+        g, exact, _ = _pes_sum(task, THETA, jax.random.key(50 + b), 2000, 2, 4, 0.01)
         est.append(np.asarray(g))
     est = np.stack(est)
     mean, sem = est.mean(0), est.std(0, ddof=1) / np.sqrt(len(est))

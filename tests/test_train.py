@@ -157,6 +157,58 @@ def test_resume_accepts_a_checkpoint_written_before_a_config_field_existed(tmp_p
     assert int(ckpt.latest_checkpoint(out / "checkpoints").name.split("_")[1]) >= 2
 
 
+def test_tensorboard_scalars_follow_the_log_and_a_resume_opens_a_new_file(tmp_path, tiny_config):
+    """``train(..., tensorboard=True)`` writes every log row's metrics as TensorBoard scalars
+    (checksummed records, decoded here by the module's own reader); a resumed run writes its
+    steps into a new event file."""
+    from optimus.meta.tensorboard import read_events
+
+    cfg = load_config(tiny_config)
+    out = tmp_path / "run"
+    train(cfg, out, progress=False, stop_after=3, tensorboard=True)
+    train(cfg, out, resume=True, progress=False, stop_after=2, tensorboard=True)
+    files = sorted((out / "tensorboard").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert len(files) == 2
+    logged = {int(r[0]): float(r[1]) for r in _losses(out)}
+    assert sorted(logged) == [1, 2, 3, 4, 5]
+    steps = []
+    for path in files:
+        events = read_events(path)
+        assert events[0]["file_version"] == "brain.Event:2"
+        for ev in events[1:]:
+            steps.append(ev["step"])
+            sc = ev["scalars"]
+            assert sc["meta/loss"] == pytest.approx(logged[ev["step"]], rel=1e-5)
+            expected = {"meta/grad_norm", "outer/learning_rate", "throughput/inner_steps_per_s"}
+            assert expected <= set(sc)
+            assert "meta/val_loss" not in sc  # eval_every = 50: no validation at these steps
+    assert steps == [1, 2, 3, 4, 5]
+    # without the flag nothing is written
+    train(cfg, tmp_path / "plain", progress=False, stop_after=1)
+    assert not (tmp_path / "plain" / "tensorboard").exists()
+
+
+def test_tensorboard_record_format():
+    """CRC-32C check value, and corruption of a record is detected."""
+    import tempfile
+
+    from optimus.meta.tensorboard import EventWriter, crc32c, read_events
+
+    assert crc32c(b"123456789") == 0xE3069283  # the standard check value of CRC-32C
+    with tempfile.TemporaryDirectory() as d:
+        with EventWriter(d) as w:
+            w.scalars(7, {"a": 1.5, "b": float("nan"), "c": None})
+            w.scalars(8, {"b": float("inf")})  # nothing finite: no event
+        events = read_events(w.path)
+        assert [e.get("scalars") for e in events] == [None, {"a": 1.5}]
+        assert events[1]["step"] == 7
+        data = bytearray(w.path.read_bytes())
+        data[-6] ^= 0x01
+        w.path.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match="checksum"):
+            read_events(w.path)
+
+
 def test_checkpoint_errors(tmp_path, tiny_config):
     cfg = load_config(tiny_config)
     out = tmp_path / "run"

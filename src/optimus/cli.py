@@ -42,7 +42,12 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{config.name}"
     try:
         path = train(
-            config, out, resume=args.resume, progress=not args.quiet, stop_after=args.stop_after
+            config,
+            out,
+            resume=args.resume,
+            progress=not args.quiet,
+            stop_after=args.stop_after,
+            tensorboard=args.tensorboard,
         )
     except (CheckpointError, DistributedError, ValueError) as e:
         raise UsageError(str(e)) from None
@@ -102,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/NAME)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the log's metrics as TensorBoard scalars into OUT/tensorboard/ "
+        "(viewing them needs the separate tensorboard package)",
+    )
     t.add_argument(
         "--stop-after",
         type=int,

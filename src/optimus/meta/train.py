@@ -639,13 +639,16 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    tensorboard: bool = False,
 ) -> Path:
     """Run (or resume) meta-training; returns the path of the exported best parameters.
 
     ``out`` receives ``config.json``, ``log.csv`` (one row per outer step),
     ``checkpoints/`` and, at the end, ``NAME.npz``/``NAME.json`` (the meta-parameters with the
     best validation loss) and ``NAME-last.npz``. ``stop_after`` stops after that many outer
-    steps of this invocation (used by tests and time-boxed sessions).
+    steps of this invocation (used by tests and time-boxed sessions). ``tensorboard``: also
+    write the log's metrics as TensorBoard scalars (``meta/loss``, ``meta/val_loss``, ...) into
+    ``out/tensorboard/`` (:mod:`optimus.meta.tensorboard`; a new event file per invocation).
 
     With several processes (``config.distributed``), every process calls this with the same
     configuration; it joins the process group, checks that all processes agree on the
@@ -779,8 +782,13 @@ def train(
     )
     done_here = 0
     fh = log_path.open("a", newline="") if main else None
+    tb = None
     try:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS) if fh is not None else None
+        if tensorboard and main:
+            from optimus.meta.tensorboard import EventWriter
+
+            tb = EventWriter(out / "tensorboard")
         if start_step == 0 and config.outer.init_from:
             # a fine-tune validates its starting point (log row 0), so the exported best
             # meta-parameters are never worse on validation than the network it started from
@@ -797,6 +805,8 @@ def train(
                     }
                 )
                 fh.flush()
+            if tb is not None:
+                tb.scalars(0, {"meta/val_loss": float(v)})
         while int(state.step) < total:
             t0 = time.time()
             try:
@@ -831,6 +841,18 @@ def train(
             if writer is not None:
                 writer.writerow(row)
                 fh.flush()
+            if tb is not None:
+                tb.scalars(
+                    step,
+                    {
+                        "meta/loss": loss,
+                        "meta/val_loss": val,
+                        "meta/grad_norm": grad_norm,
+                        "meta/skipped": skipped,
+                        "outer/learning_rate": float(row["lr"]),
+                        "throughput/inner_steps_per_s": float(row["inner_steps_s"]),
+                    },
+                )
             bar.update(1)
             bar.set_postfix(
                 loss=row["loss"], val=row["val_loss"] or "-", steps_s=row["inner_steps_s"]
@@ -858,6 +880,8 @@ def train(
     finally:
         if fh is not None:
             fh.close()
+        if tb is not None:
+            tb.close()
     bar.close()
     if dist.multi_process():
         # the replicas of theta on different hosts must be identical; checked once at the end

@@ -259,6 +259,40 @@ def test_bench_smoke(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+def test_a_window_whose_simulation_blows_up_is_counted_and_the_run_continues(tmp_path, data):
+    """Bad input end to end: the first test clip starts with a root velocity of 1000 (the
+    simulated state becomes non-finite in the first window). Every optimizer stops with
+    NO_FINITE_POINT instead of claiming success, the clip counts as diverged and failed, its
+    later windows are skipped, the other clip is reconstructed, and the summary and report
+    are written."""
+    import argparse
+    import json
+
+    from optimus.physics import bench
+
+    flat = {f"{split}/{k}": v.copy() for split, d in data.items() for k, v in d.items()}
+    flat["test/qvel"][0, 0, :6] = 1e3
+    np.savez(tmp_path / "bad.npz", **flat)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(
+        ["--quick", "--out", str(tmp_path / "out"), "--clips", "1", "--windows", "2"]
+        + ["--evals", "3", "--methods", "adam,optimus", "--jobs", "1"]
+        + ["--data", str(tmp_path / "bad.npz")]
+    )
+    assert bench.main(args) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for m, r in summary["methods"].items():
+        assert r["n_clips"] == 2 and r["diverged_clips"] == 1, m
+        assert r["failure_rate"] == 0.5, m
+        assert r["n_windows"] == 3, m  # the diverged clip stopped after its first window
+        assert r["statuses"].get("NO_FINITE_POINT") == 1, m
+        assert r["by_split"]["test"]["median_mpjpe_mm"] == np.inf
+        assert np.isfinite(r["by_split"]["test_mismatch"]["median_mpjpe_mm"]), m
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.count("diverged clips 1 of 2") == 2
+
+
 def test_worker_pool_returns_results_in_task_order(tmp_path):
     """``--jobs N``: tasks run in spawned processes, results come back in task order and
     every task is reported once as it finishes; one job runs everything here."""

@@ -685,15 +685,17 @@ def write_report(out: Path, summary: dict, timing: dict) -> None:
         "reconstruction.",
         "",
         "Safeguards of the solver (mean per window: rejected trial points / learned steps "
-        "replaced by a safe gradient step; termination statuses) and how far the solution moved "
-        "from the start (median over first windows of max |x - x0|, rad; the offsets' box is "
-        "[-1, 1]):",
+        "replaced by a safe gradient step; termination statuses), clips whose simulation "
+        "diverged (a non-finite state: the clip's remaining windows are skipped and it counts "
+        "as a failure) and how far the solution moved from the start (median over first "
+        "windows of max |x - x0|, rad; the offsets' box is [-1, 1]):",
         "",
     ]
     for m, r in summary["methods"].items():
         lines.append(
             f"- {m}: {r['mean_rejected_points_per_window']:.1f} / "
             f"{r['mean_fallback_steps_per_window']:.1f}; {r['statuses']}; "
+            f"diverged clips {r['diverged_clips']} of {r['n_clips']}; "
             f"moved {r['median_first_window_move_rad']:.1e}"
         )
     lines += [

@@ -39,6 +39,7 @@ API = [
     (None, "optimus.scipy_method"),
     (None, "optimus.OptimusMinimiser"),
     ("The update rule and the optimizer protocol", "optimus.optimizers.learned"),
+    (None, "optimus.optimizers.smoothing"),
     (None, "optimus.optimizers.base"),
     (None, "optimus.get_optimizer"),
     ("Weights", "optimus.load_pretrained"),
@@ -49,6 +50,7 @@ API = [
     (None, "optimus.meta.train.train"),
     (None, "optimus.meta.tasks.TruncatedTask"),
     (None, "optimus.meta.pes.pes_estimate"),
+    (None, "optimus.meta.tensorboard"),
 ]
 
 # runnable examples for public objects whose docstring has none

@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """How much a gradient says about where the global minimum lies, on the benchmark's problems.
 
-    .venv/bin/python scripts/multimodal_signal.py --out bench_results/multimodal_signal.md
+    .venv/bin/python scripts/multimodal_signal.py --seed-start 300 \
+        --out bench_results/multimodal_signal.md
+    .venv/bin/python scripts/multimodal_signal.py --detection --dims 2,10,30,100,300 \
+        --seed-start 300 --seeds 10 --out bench_results/smoothing/detection.md
 
 The meta-training issue asks Optimus to beat the best other method by half a decade on the
 multimodal functions at n >= 10, and to approach the paper's canonical values at n = 100
 (Ackley 6.8e-6, Levy 4.0e-6), i.e. to find the global basin within 100 evaluations. This
-script measures, at the benchmark's own starting points (evaluation seeds, box-normalised
-coordinates ``z``, the same problems as ``optimus bench``), the cosine between a descent
+script measures, at starting points drawn as the benchmark draws them (``--seed-start``
+300 and up: validation seeds, disjoint from the benchmark's 0-9; box-normalised coordinates
+``z``), the cosine between a descent
 direction and the direction to the optimum ``z* - z0``:
 
 - ``k = 1, rho = 0``: the gradient at the start, what every method's first step sees;
@@ -19,9 +23,11 @@ direction and the direction to the optimum ``z* - z0``:
 A random direction has ``|cos|`` of about ``1/sqrt(n)``. Where the mean cosine stays at that
 level, the evaluations carry no usable information about the global basin's direction, and
 no method that is not told where optima tend to lie (the canonical functions put them at 0
-or 1; our networks never see the position) can be expected to find it. Each row also gives
-the distance left after the best step along the direction, ``sqrt(1 - cos^2)`` of the
-start's distance, averaged.
+or 1; our networks never see the position) can be expected to find it. ``--detection``
+instead tabulates the cosine between the gradients before and after the shipped models'
+first step, which ``optimus.optimizers.smoothing`` uses to decide whether to smooth. Each
+row also gives the distance left after the best step along the direction,
+``sqrt(1 - cos^2)`` of the start's distance, averaged.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ def _grads():
     return eqx.filter_jit(lambda p, zs: jax.vmap(jax.grad(p.unit_objective))(zs))
 
 
-def cosines(name: str, variant: str, n: int, seeds: int, key_seed: int) -> dict:
+def cosines(name: str, variant: str, n: int, seeds: range, key_seed: int) -> dict:
     """Mean cosine (and mean remaining-distance fraction) per (k, rho) setting over ``seeds``
     evaluation problems of the benchmark."""
     import jax
@@ -53,7 +59,7 @@ def cosines(name: str, variant: str, n: int, seeds: int, key_seed: int) -> dict:
 
     grad = _grads()
     out: dict[tuple[int, float], list[float]] = {s: [] for s in SETTINGS}
-    for seed in range(seeds):
+    for seed in seeds:
         problem, x0 = _problem(name, variant, n, seed, tuning=False)
         z0 = problem.to_unit(x0)
         d = np.asarray(problem.to_unit(problem.x_opt) - z0, np.float64)
@@ -78,6 +84,58 @@ def cosines(name: str, variant: str, n: int, seeds: int, key_seed: int) -> dict:
     }
 
 
+def probe_cosines(name: str, n: int, seeds: range) -> list[float]:
+    """cos(g0, g1) between the gradient at the start and after the shipped models' probe (a
+    step of RMS length 0.1 along -g0): the smoothing layer's detection
+    (``optimus.optimizers.smoothing``), on transformed problems of the benchmark."""
+    import jax
+    import jax.numpy as jnp
+
+    from optimus.bench.run import _problem
+
+    out = []
+    for seed in seeds:
+        problem, x0 = _problem(name, "transformed", n, seed, tuning=False)
+        vg = jax.value_and_grad(problem.unit_objective)
+        z0 = problem.to_unit(x0)
+        _, g0 = vg(z0)
+        _, g1 = vg(z0 - 0.1 * g0 / jnp.sqrt(jnp.mean(g0**2)))
+        out.append(float(g0 @ g1 / (jnp.linalg.norm(g0) * jnp.linalg.norm(g1))))
+    return out
+
+
+def detection_report(seeds: range, dims: list[int]) -> str:
+    """Markdown table of :func:`probe_cosines` (min / median / max over ``seeds``)."""
+    import numpy as np
+
+    from optimus import functions as F
+    from optimus.bench.run import PERM_MAX_DIM
+
+    lines = [
+        "# The smoothing layer's detection: cos(g₀, g₁) after the probe",
+        "",
+        f"Transformed problems of `optimus bench`, seeds {seeds.start}–{seeds.stop - 1}; g₁ at"
+        " x₀ − 0.1 g₀/rms(g₀), the shipped models' first step. The phase starts where the"
+        " cosine is below `smooth_cos` = 0.5 and n ≥ `smooth_min_dim` = 8. Min / median / max"
+        " over the seeds. Command: `.venv/bin/python scripts/multimodal_signal.py --detection"
+        f" --seed-start {seeds.start} --seeds {len(seeds)}`.",
+        "",
+        "| function | " + " | ".join(f"n = {n}" for n in dims) + " |",
+        "|---|" + "---|" * len(dims),
+    ]
+    for name in F.NAMES:
+        tf = F.get(name)
+        cells = []
+        for n in dims:
+            if n % tf.dim_multiple or (name == "perm" and n > PERM_MAX_DIM):
+                cells.append("–")
+                continue
+            c = probe_cosines(name, n, seeds)
+            cells.append(f"{min(c):+.2f} / {np.median(c):+.2f} / {max(c):+.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dims", default="10,30,100")
@@ -85,12 +143,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="canonical,transformed")
     p.add_argument("--functions", default=",".join(FUNCTIONS))
     p.add_argument("--out", default="", help="write a Markdown report here")
+    p.add_argument(
+        "--detection",
+        action="store_true",
+        help="instead: the smoothing layer's detection cosine per function and n",
+    )
+    p.add_argument("--seed-start", type=int, default=0)
     args = p.parse_args(argv)
     dims = [int(v) for v in args.dims.split(",") if v]
     variants = [v for v in args.variants.split(",") if v]
     names = [v for v in args.functions.split(",") if v]
     if args.seeds < 1 or not dims or min(dims) < 1:
         raise SystemExit("--seeds and --dims must be positive")
+    seed_range = range(args.seed_start, args.seed_start + args.seeds)
+    if args.detection:
+        text = detection_report(seed_range, dims)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text)
+        return 0
 
     t0 = time.time()
     head = (
@@ -102,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         for variant in variants:
             for n in dims:
-                r = cosines(name, variant, n, args.seeds, 7)
+                r = cosines(name, variant, n, seed_range, 7)
                 cells = [f"{r[s][0]:+.3f} ± {r[s][1]:.3f} ({r[s][2]:.3f})" for s in SETTINGS]
                 row = f"| {name} | {variant} | {n} | {n**-0.5:.3f} | " + " | ".join(cells) + " |"
                 lines.append(row)
@@ -111,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         [
             "# Does the gradient point to the global minimum? (`scripts/multimodal_signal.py`)",
             "",
-            f"Evaluation seeds 0–{args.seeds - 1} of `optimus bench` (the same problems and"
-            " starting points), box-normalised coordinates. Each cell: mean ± standard"
+            f"Evaluation seeds {seed_range.start}–{seed_range.stop - 1} of the `optimus bench`"
+            " protocol (its problems and starting points; the benchmark's own seeds are 0–9),"
+            " box-normalised coordinates. Each cell: mean ± standard"
             " deviation over the seeds of cos(−ĝ, z* − z₀), where ĝ is the mean of k gradients"
             " at z₀ + ρξ, ξ ~ N(0, I) (k = 1, ρ = 0: the plain gradient at the start), and in"
             " brackets the mean fraction of the distance to the optimum left after the best"
@@ -121,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             *lines,
             "",
             f"{time.time() - t0:.0f} s. Command: `.venv/bin/python scripts/multimodal_signal.py"
-            f" --dims {args.dims} --seeds {args.seeds} --variants {args.variants}`",
+            f" --dims {args.dims} --seeds {args.seeds} --seed-start {args.seed_start}"
+            f" --variants {args.variants}`",
             "",
         ]
     )

@@ -242,6 +242,9 @@ def test_optax_learned_rule_options_and_no_restart_by_default():
     assert plain[-1] <= 1e-10 and np.all(plain[20:] <= 1e-10)
     restarted = run(restart=0.1)
     assert np.max(restarted[20:]) > 1e-6  # a restart moves away from the converged point
+    # the smoothing phase is off in an optax loop too
+    tx = optimus.optax.optimus()
+    assert tx.init(params0()).inner.__class__.__name__ == "AcceptState"
     with pytest.raises(ValueError, match="not an update-rule field"):
         optimus.optax.optimus(learning_rate=0.1)
 

@@ -608,8 +608,9 @@ def minimize(
             of the box at a bound the iterate sits on, in box-normalised coordinates).
         options: hyper-parameters of classical methods (``learning_rate``, ``memory``, ...);
             for learned methods, fields of the update rule around the network
-            (``optimus.nets.optimus.RULE_FIELDS``), e.g. ``{"restart": 0.0}`` for a purely
-            local search without the restarts of the shipped function-trained models.
+            (``optimus.nets.optimus.RULE_FIELDS``), e.g. ``{"restart": 0.0,
+            "smooth_rounds": 0}`` for a purely local search without the restarts and the
+            smoothing phase of the shipped function-trained models.
         verbose: ``False`` (default) prints nothing; ``True`` prints a progress line every 10
             iterations, an integer ``k >= 1`` every ``k`` iterations, plus one at the end. In
             the jitted loop the lines come from :func:`jax.debug.callback`; with ``verbose``

@@ -128,10 +128,12 @@ def optimus(
         key: PRNG key handed to the method's ``init`` (no built-in method is random).
         **options: hyper-parameters of a classical method (``learning_rate``, ``memory``,
             ...), or update-rule fields of a learned one, as in :func:`optimus.minimize`.
-            Learned methods run here with ``restart=0.0`` unless it is given: the
-            parameters an optax loop ends with are the last point the method proposed, and
-            the shipped models' restarts (which move a converged run elsewhere to spend its
-            remaining budget) would make that point worse than the best one seen. With the
+            Learned methods run here with ``restart=0.0`` and ``smooth_rounds=0`` unless
+            they are given: the parameters an optax loop ends with are the last point the
+            method proposed, and the shipped models' restarts (which move a converged run
+            elsewhere to spend its remaining budget) and smoothing phase (whose evaluations
+            are random perturbations of a centre) would make that point worse than the best
+            one seen. With the
             step acceptance of the shipped models the last point can still be a trial point
             that is about to be rejected; ``state.inner.x_best`` (flattened) is the best
             accepted one.
@@ -171,10 +173,13 @@ def optimus(
         params = load_pretrained(method)
     if method in LEARNED_METHODS:
         # update-rule options, as in optimus.minimize; an optax loop keeps the last point,
-        # not the best one, so the restarts are off unless asked for
+        # not the best one, so the restarts and the smoothing phase (whose evaluations are
+        # perturbed points) are off unless asked for
         from optimus.solve import _with_rule_options
 
-        params = _with_rule_options(method, params, {"restart": 0.0, **options})
+        params = _with_rule_options(
+            method, params, {"restart": 0.0, "smooth_rounds": 0, **options}
+        )
         options = {}
     opt = get_optimizer(method, params=params, **options)
 

@@ -152,6 +152,12 @@ class TrainConfig:
                 "'config' (it names the exported files NAME.npz and NAME.json, beside the run's "
                 "config.json)"
             )
+        if self.model.smooth_rounds > 0:
+            raise ValueError(
+                "model.smooth_rounds must be 0 in meta-training: the smoothing phase "
+                "(optimus.optimizers.smoothing) restarts the optimizer inside an unroll and is "
+                "applied to trained weights afterwards (scripts/rule_variants.py)"
+            )
         if self.estimator.persistent and self.estimator.truncation > self.tasks.horizon:
             raise ValueError(
                 f"estimator.truncation ({self.estimator.truncation}) must not exceed "

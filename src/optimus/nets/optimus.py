@@ -74,6 +74,13 @@ RULE_FIELDS = (
     "sr1_margin",
     "restart",
     "restart_patience",
+    "smooth_rounds",
+    "smooth_samples",
+    "smooth_rho",
+    "smooth_decay",
+    "smooth_step",
+    "smooth_cos",
+    "smooth_min_dim",
 )
 
 
@@ -141,6 +148,19 @@ class NetConfig:
     # than a few ulps (acceptance.STALL_REL_ULPS, relative) for this many evaluations
     # and the trial point is rejected; 0: only the ulp test above
     restart_patience: int = 0
+    # a Gaussian-smoothing phase for rough objectives (optimus.optimizers.smoothing): when
+    # the first two gradients disagree (cosine < smooth_cos) and n >= smooth_min_dim,
+    # smooth_rounds rounds of smooth_samples evaluations at antithetic Gaussian perturbations
+    # of RMS smooth_rho * smooth_decay^r box half-widths move a centre by (Barzilai-Borwein)
+    # steps along their mean gradient, the first of RMS length smooth_step; then the
+    # optimizer starts afresh at the best point seen. 0 rounds: off
+    smooth_rounds: int = 0
+    smooth_samples: int = 10
+    smooth_rho: float = 0.2
+    smooth_decay: float = 0.5
+    smooth_step: float = 0.3
+    smooth_cos: float = 0.5
+    smooth_min_dim: int = 8
 
     def __post_init__(self):
         if self.kind not in ("optimus", "mlp"):
@@ -174,6 +194,24 @@ class NetConfig:
                 f"NetConfig.restart_patience must be an integer >= 0, got {patience!r}"
             )
         object.__setattr__(self, "restart_patience", int(patience))  # a plain int in the JSON
+        for name, low in (("smooth_rounds", 0), ("smooth_samples", 2), ("smooth_min_dim", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int | np.integer) or isinstance(v, bool | np.bool_) or v < low:
+                raise ValueError(f"NetConfig.{name} must be an integer >= {low}, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        if self.smooth_samples % 2:
+            raise ValueError(
+                "NetConfig.smooth_samples must be even (antithetic pairs), "
+                f"got {self.smooth_samples}"
+            )
+        for name in ("smooth_rho", "smooth_step"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"NetConfig.{name} must be a finite number > 0, got {v!r}")
+        if not (math.isfinite(self.smooth_decay) and 0 < self.smooth_decay <= 1):
+            raise ValueError(f"NetConfig.smooth_decay must be in (0, 1], got {self.smooth_decay}")
+        if not (math.isfinite(self.smooth_cos) and -1 <= self.smooth_cos <= 1):
+            raise ValueError(f"NetConfig.smooth_cos must be in [-1, 1], got {self.smooth_cos}")
         if self.sr1 and self.secant != "bfgs":
             raise ValueError("NetConfig.sr1 needs secant = 'bfgs' (a dense estimate)")
         if self.num_inducing < 1:

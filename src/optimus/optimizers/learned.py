@@ -99,6 +99,7 @@ from optimus.nets import features as F
 from optimus.nets.optimus import MAG_SCALE, precondition_update
 from optimus.optimizers.acceptance import AcceptState, accept_init, accept_update
 from optimus.optimizers.base import Optimizer
+from optimus.optimizers.smoothing import SmoothState, smooth_init, smooth_update
 
 # NetConfig.sr1 (module docstring): SR1's direction replaces BFGS's when the decaying sum
 # of log(SR1 prediction error / BFGS prediction error) is below -NetConfig.sr1_margin
@@ -331,10 +332,21 @@ def _safeguard(step, B, H, g, s, dx, q, ell, mask):
     return step, B, H, fallback
 
 
-def model_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedState | AcceptState:
+def model_init(
+    net, x0: jax.Array, mask: jax.Array | None = None
+) -> LearnedState | AcceptState | SmoothState:
     """Initial state of the learned optimizer as the model defines it: wrapped in the
     step-acceptance layer (:mod:`optimus.optimizers.acceptance`) when
-    ``net.config.monotone``, the bare :class:`LearnedState` otherwise."""
+    ``net.config.monotone``, the bare :class:`LearnedState` otherwise; both wrapped in the
+    smoothing layer (:mod:`optimus.optimizers.smoothing`) when
+    ``net.config.smooth_rounds > 0``."""
+    inner = _local_init(net, x0, mask)
+    if getattr(net.config, "smooth_rounds", 0) > 0:
+        return smooth_init(inner)
+    return inner
+
+
+def _local_init(net, x0, mask):
     inner = learned_init(net, x0, mask)
     if not getattr(net.config, "monotone", False):
         return inner
@@ -343,8 +355,33 @@ def model_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedStat
     )
 
 
-def model_update(net, state: LearnedState | AcceptState, value: jax.Array, grad: jax.Array):
+def model_update(
+    net, state: LearnedState | AcceptState | SmoothState, value: jax.Array, grad: jax.Array
+):
     """One step of the learned optimizer as the model defines it (see :func:`model_init`)."""
+    if isinstance(state, SmoothState):
+        c = net.config
+        inner = state.inner
+        mask = inner.inner.mask if isinstance(inner, AcceptState) else inner.mask
+        return smooth_update(
+            lambda s, v, g: _local_update(net, s, v, g),
+            lambda x: _local_init(net, x, mask),
+            state,
+            value,
+            grad,
+            mask,
+            rounds=c.smooth_rounds,
+            samples=c.smooth_samples,
+            rho=c.smooth_rho,
+            decay=c.smooth_decay,
+            step=c.smooth_step,
+            min_cos=c.smooth_cos,
+            min_dim=c.smooth_min_dim,
+        )
+    return _local_update(net, state, value, grad)
+
+
+def _local_update(net, state, value, grad):
     if isinstance(state, AcceptState):
         return accept_update(
             lambda s, v, g: learned_update(net, s, v, g),

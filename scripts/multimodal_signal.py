@@ -118,7 +118,7 @@ def detection_report(seeds: range, dims: list[int]) -> str:
         " x₀ − 0.1 g₀/rms(g₀), the shipped models' first step. The phase starts where the"
         " cosine is below `smooth_cos` = 0.5 and n ≥ `smooth_min_dim` = 8. Min / median / max"
         " over the seeds. Command: `.venv/bin/python scripts/multimodal_signal.py --detection"
-        f" --seed-start {seeds.start} --seeds {len(seeds)}`.",
+        f" --dims {','.join(map(str, dims))} --seed-start {seeds.start} --seeds {len(seeds)}`.",
         "",
         "| function | " + " | ".join(f"n = {n}" for n in dims) + " |",
         "|---|" + "---|" * len(dims),

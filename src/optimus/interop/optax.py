@@ -177,9 +177,7 @@ def optimus(
         # perturbed points) are off unless asked for
         from optimus.solve import _with_rule_options
 
-        params = _with_rule_options(
-            method, params, {"restart": 0.0, "smooth_rounds": 0, **options}
-        )
+        params = _with_rule_options(method, params, {"restart": 0.0, "smooth_rounds": 0, **options})
         options = {}
     opt = get_optimizer(method, params=params, **options)
 

@@ -15,6 +15,12 @@ RESTART_NOTE="at a stall of the step acceptance's backtracking at floating-point
 restart 0.1 box half-widths from the best point along a pseudo-random +-1 vector \
 (NetConfig.restart), applied after meta-training without it; chosen on validation seeds, see \
 bench_results/restart/README.md"
+SMOOTH_NOTE="a Gaussian-smoothing phase when the first two gradients disagree (cosine < 0.5, \
+n >= 8): 8 rounds of 8 antithetic samples at RMS radius 0.2 * 0.75^r box half-widths moving a \
+centre along their mean gradient, then a fresh start at the best point (NetConfig.smooth_*), \
+applied after meta-training without it; chosen on validation seeds, see \
+bench_results/smoothing/README.md"
+SMOOTH_RULE="smooth_rounds=8,smooth_samples=8,smooth_decay=0.75"
 for name in optimus optimus-noprecond mlp; do
   out=runs/$name
   if [ -f "$out/$name.npz" ] && [ "$(python3 -c "import json;print(json.load(open('$out/$name.json'))['outer_steps'])")" = \
@@ -28,14 +34,15 @@ for name in optimus optimus-noprecond mlp; do
   cp "$out/$name.npz" "$out/$name.json" src/optimus/pretrained/
   # the shipped update rule differs from the trained one in the first step, a probe of RMS
   # length 0.1 (NetConfig.probe; bench_results/probe/README.md), in restarts at stalls
-  # (NetConfig.restart; bench_results/restart/), and for optimus, the one model with a dense
-  # BFGS estimate, in the SR1 direction (NetConfig.sr1; bench_results/sr1/), all chosen on
-  # validation seeds after training; the weights and their sha256 stay the same
-  rule=":probe=0.1,restart=0.1"
-  note="$PROBE_NOTE; $RESTART_NOTE"
+  # (NetConfig.restart; bench_results/restart/), in a Gaussian-smoothing phase on rough
+  # objectives (NetConfig.smooth_*; bench_results/smoothing/), and for optimus, the one model
+  # with a dense BFGS estimate, in the SR1 direction (NetConfig.sr1; bench_results/sr1/), all
+  # chosen on validation seeds after training; the weights and their sha256 stay the same
+  rule=":probe=0.1,restart=0.1,$SMOOTH_RULE"
+  note="$PROBE_NOTE; $RESTART_NOTE; $SMOOTH_NOTE"
   if [ "$name" = optimus ]; then
     rule="$rule,sr1=true"
-    note="$PROBE_NOTE; $SR1_NOTE; $RESTART_NOTE"
+    note="$PROBE_NOTE; $SR1_NOTE; $RESTART_NOTE; $SMOOTH_NOTE"
   fi
   $BIN/python scripts/rule_variants.py src/optimus/pretrained/$name.npz --out src/optimus/pretrained \
     --variant "$rule" --note "$note"

@@ -172,9 +172,12 @@ def test_tensorboard_scalars_follow_the_log_and_a_resume_opens_a_new_file(tmp_pa
     logged = {int(r[0]): float(r[1]) for r in _losses(out)}
     assert sorted(logged) == [1, 2, 3, 4, 5]
     steps = []
-    for path in files:
+    for k, path in enumerate(files):
         events = read_events(path)
         assert events[0]["file_version"] == "brain.Event:2"
+        if k == 1:  # the resumed run's file starts the session again at step 4
+            assert events[1]["session_log"] == "START" and events[1]["step"] == 4
+            events = events[1:]
         for ev in events[1:]:
             steps.append(ev["step"])
             sc = ev["scalars"]

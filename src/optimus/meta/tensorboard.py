@@ -13,8 +13,10 @@ CRC-32C (Castagnoli) checksum, and ``data`` a serialised ``tensorflow.Event`` pr
 buffer: ``wall_time`` (field 1, double), ``step`` (2, int64), and either ``file_version``
 (3, string; the first record, ``"brain.Event:2"``) or ``summary`` (5) holding repeated
 ``Value`` messages with ``tag`` (1, string) and ``simple_value`` (2, float). The few protobuf
-fields needed are encoded here by hand. A resumed run opens a new file; TensorBoard drops the
-events of the first file that a resumed run redoes (steps after its last checkpoint).
+fields needed are encoded here by hand. A resumed run opens a new file that begins with a
+``session_log`` (field 7) START event at the step it resumes from; TensorBoard's reader then
+purges the events at and after that step that the killed run had written (steps after its
+last checkpoint, which the resumed run redoes).
 """
 
 from __future__ import annotations
@@ -95,13 +97,25 @@ class EventWriter:
     so a killed run loses nothing that was written.
     """
 
-    def __init__(self, logdir: str | os.PathLike):
+    def __init__(self, logdir: str | os.PathLike, resume_step: int | None = None):
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}"
-        self.path = logdir / name
-        self._fh = self.path.open("wb")
+        base = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}"
+        for i in range(1000):  # never overwrite another writer's file
+            self.path = logdir / (base if i == 0 else f"{base}.{i}")
+            try:
+                self._fh = self.path.open("xb")
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"no free event-file name in {logdir}")
         self._fh.write(_record(_event(time.time(), 0, _field_bytes(3, b"brain.Event:2"))))
+        if resume_step is not None:
+            # SessionLog{status = START (field 1, enum 1)}: TensorBoard purges the events at
+            # and after this step that an earlier file holds
+            start = _varint(1 << 3 | 0) + _varint(1)
+            self._fh.write(_record(_event(time.time(), int(resume_step), _field_bytes(7, start))))
         self._fh.flush()
 
     def scalars(
@@ -167,8 +181,9 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes | int]]:
 
 def read_events(path: str | os.PathLike) -> list[dict]:
     """Decode an event file written by :class:`EventWriter` (checking every checksum): one
-    dict per event with ``wall_time``, ``step`` and either ``file_version`` or ``scalars``
-    (tag -> value). For tests and for scripts that want the numbers back."""
+    dict per event with ``wall_time``, ``step`` and one of ``file_version``, ``session_log``
+    (``"START"`` ...) or ``scalars`` (tag -> value). For tests and for scripts that want the
+    numbers back."""
     data = Path(path).read_bytes()
     events, i = [], 0
     while i < len(data):
@@ -194,6 +209,11 @@ def read_events(path: str | os.PathLike) -> list[dict]:
                 event["step"] = v - (1 << 64) if v >= 1 << 63 else v
             elif num == 3:
                 event["file_version"] = v.decode()
+            elif num == 7:
+                status = [sv for snum, _, sv in _fields(v) if snum == 1]
+                event["session_log"] = {1: "START", 2: "STOP", 3: "CHECKPOINT"}.get(
+                    status[0] if status else 0, "UNSPECIFIED"
+                )
             elif num == 5:
                 scalars = {}
                 for vnum, _, value in _fields(v):

@@ -794,7 +794,7 @@ def train(
         if tensorboard and main:
             from optimus.meta.tensorboard import EventWriter
 
-            tb = EventWriter(out / "tensorboard")
+            tb = EventWriter(out / "tensorboard", resume_step=start_step + 1 if resume else None)
         if start_step == 0 and config.outer.init_from:
             # a fine-tune validates its starting point (log row 0), so the exported best
             # meta-parameters are never worse on validation than the network it started from

@@ -112,6 +112,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from optimus.optimizers.base import WrapperState
+
 BACKTRACK = 0.5  # beta: a rejected trial point is pulled half-way back to the best point
 WARMUP = 2  # accepted steps that are never judged (the initial point and the first probe)
 INTERP_MIN = 0.1  # interpolating backtracking: smallest pull-back factor
@@ -120,7 +122,7 @@ STALL_ULPS = 4  # restarts: a pulled-back trial point this close to the best poi
 STALL_REL_ULPS = 16  # restarts with patience: smallest relative decrease that counts, in ulps
 
 
-class AcceptState(eqx.Module):
+class AcceptState(WrapperState):
     """State of the acceptance layer: the inner optimizer's state plus the best point."""
 
     inner: Any  # state of the wrapped optimizer (its ``x`` is the next trial point)
@@ -143,24 +145,8 @@ class AcceptState(eqx.Module):
         return self.inner.x
 
     @property
-    def t(self) -> jax.Array:
-        return self.inner.t
-
-    @property
     def nit(self) -> jax.Array:
         return self.inner.nit
-
-    @property
-    def failed(self) -> jax.Array:
-        return self.inner.failed
-
-    @property
-    def n_fallback(self) -> jax.Array:
-        return getattr(self.inner, "n_fallback", jnp.zeros((), jnp.int32))
-
-    @property
-    def B(self) -> jax.Array | None:
-        return getattr(self.inner, "B", None)
 
 
 def accept_init(inner: Any, window: int = 1, restart: bool = False) -> AcceptState:

@@ -35,9 +35,36 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
+
+
+class WrapperState(eqx.Module):
+    """Base of the states of layers around another method's state (``inner``): the step
+    acceptance and the smoothing phase. Forwards what the driver reads from the inner state
+    (``t``, ``failed``, ``n_fallback``, ``B``); subclasses define ``inner``, ``x`` and
+    ``nit``."""
+
+    @property
+    def t(self) -> Array:
+        return self.inner.t
+
+    @property
+    def failed(self) -> Array:
+        return self.inner.failed
+
+    @property
+    def n_fallback(self) -> Array:
+        return getattr(self.inner, "n_fallback", jnp.zeros((), jnp.int32))
+
+    @property
+    def B(self) -> Array | None:
+        return getattr(self.inner, "B", None)
+
+
 State = Any
 
 

@@ -52,12 +52,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from optimus.optimizers.base import WrapperState
+
 SMOOTH_SEED = 1  # the perturbations come from fold_in(PRNGKey(SMOOTH_SEED), round, pair)
 
 OFF, DETECT, SMOOTH, CENTRE = 0, 1, 2, 3  # phases; OFF also after the phase has ended
 
 
-class SmoothState(eqx.Module):
+class SmoothState(WrapperState):
     """State of the smoothing layer around an inner optimizer state."""
 
     inner: Any
@@ -79,28 +81,12 @@ class SmoothState(eqx.Module):
     best_f: jax.Array
 
     @property
-    def t(self) -> jax.Array:
-        return self.inner.t
-
-    @property
     def nit(self) -> jax.Array:
         return self.nit_offset + self.extra + self.inner.nit
 
     @property
-    def failed(self) -> jax.Array:
-        return self.inner.failed
-
-    @property
-    def n_fallback(self) -> jax.Array:
-        return getattr(self.inner, "n_fallback", jnp.zeros((), jnp.int32))
-
-    @property
     def n_reject(self) -> jax.Array:
         return getattr(self.inner, "n_reject", jnp.zeros((), jnp.int32))
-
-    @property
-    def B(self) -> jax.Array | None:
-        return getattr(self.inner, "B", None)
 
 
 def smooth_init(inner: Any) -> SmoothState:

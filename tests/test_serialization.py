@@ -77,23 +77,27 @@ def test_shipped_models_load_and_verify():
 
 
 def test_shipped_rule_changes_are_recorded_in_the_cards():
-    """The function-trained models run with the 0.1 first step and restarts at stalls, both
-    chosen after training, and optimus (the one with a dense estimate) with the SR1
-    direction; their cards say so. The physics fine-tune runs with its own first step, BFGS
-    only and no restarts."""
+    """The function-trained models run with the 0.1 first step, restarts at stalls and the
+    smoothing phase, all chosen after training, and optimus (the one with a dense estimate)
+    with the SR1 direction; their cards say so. The physics fine-tune runs with its own first
+    step, BFGS only, no restarts and no smoothing phase."""
+    smooth = {"smooth_rounds": 8, "smooth_samples": 8, "smooth_decay": 0.75}
     for name in ("optimus", "optimus-noprecond", "mlp"):
         card = optimus.pretrained.model_card(name)
-        want = {"probe": 0.1, "restart": 0.1}
+        want = {"probe": 0.1, "restart": 0.1, **smooth}
         if name == "optimus":
             want["sr1"] = True
         assert card["rule_change"] == want and card["rule_change_note"], name
         assert "bench_results/restart" in card["rule_change_note"], name
+        assert "bench_results/smoothing" in card["rule_change_note"], name
         config = optimus.load_pretrained(name).config
         assert config.probe == 0.1 and config.sr1 == (name == "optimus")
         assert config.restart == 0.1
+        assert all(getattr(config, k) == v for k, v in smooth.items()), name
     assert "bench_results/sr1" in optimus.pretrained.model_card("optimus")["rule_change_note"]
     humanoid = optimus.load_pretrained("optimus-humanoid").config
     assert not humanoid.sr1 and humanoid.probe == 0.0 and humanoid.restart == 0.0
+    assert humanoid.smooth_rounds == 0
     assert "rule_change" not in optimus.pretrained.model_card("optimus-humanoid")
 
 

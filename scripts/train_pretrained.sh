@@ -16,11 +16,12 @@ restart 0.1 box half-widths from the best point along a pseudo-random +-1 vector
 (NetConfig.restart), applied after meta-training without it; chosen on validation seeds, see \
 bench_results/restart/README.md"
 SMOOTH_NOTE="a Gaussian-smoothing phase when the first two gradients disagree (cosine < 0.5, \
-n >= 8): 8 rounds of 8 antithetic samples at RMS radius 0.2 * 0.75^r box half-widths moving a \
-centre along their mean gradient, then a fresh start at the best point (NetConfig.smooth_*), \
+trapezoid rule along the probe off by >= 0.05 relative, n >= 8): 8 rounds of 8 antithetic samples \
+at RMS radius 0.2 * 0.75^r box half-widths moving a centre along their mean gradient (steps \
+capped at RMS 2), then a fresh start at the best point (NetConfig.smooth_*), \
 applied after meta-training without it; chosen on validation seeds, see \
 bench_results/smoothing/README.md"
-SMOOTH_RULE="smooth_rounds=8,smooth_samples=8,smooth_decay=0.75"
+SMOOTH_RULE="smooth_rounds=8,smooth_samples=8,smooth_decay=0.75,smooth_trap=0.05,smooth_max_step=2.0"
 for name in optimus optimus-noprecond mlp; do
   out=runs/$name
   if [ -f "$out/$name.npz" ] && [ "$(python3 -c "import json;print(json.load(open('$out/$name.json'))['outer_steps'])")" = \

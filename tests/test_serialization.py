@@ -81,7 +81,13 @@ def test_shipped_rule_changes_are_recorded_in_the_cards():
     smoothing phase, all chosen after training, and optimus (the one with a dense estimate)
     with the SR1 direction; their cards say so. The physics fine-tune runs with its own first
     step, BFGS only, no restarts and no smoothing phase."""
-    smooth = {"smooth_rounds": 8, "smooth_samples": 8, "smooth_decay": 0.75}
+    smooth = {
+        "smooth_rounds": 8,
+        "smooth_samples": 8,
+        "smooth_decay": 0.75,
+        "smooth_trap": 0.05,
+        "smooth_max_step": 2.0,
+    }
     for name in ("optimus", "optimus-noprecond", "mlp"):
         card = optimus.pretrained.model_card(name)
         want = {"probe": 0.1, "restart": 0.1, **smooth}

@@ -125,10 +125,13 @@ def _step(
         stop_nonfinite = new_state.failed & ~finite
     else:
         # a non-finite trial point, or an increase after a safeguard step, is rejected and
-        # retried half-way to the last accepted point (at most MAX_RETRIES times in a row)
+        # retried half-way to the last accepted point (at most MAX_RETRIES times in a row),
+        # unless the optimizer takes non-finite points itself at this one (a smoothing
+        # phase's samples): then it gets the point, and it counts as rejected
+        own = _handles_nonfinite(state)
         bad = ~finite | (carry.guard & (f > carry.anchor_f))
-        retry = bad & ~first & (carry.n_bad < MAX_RETRIES)
-        stop_nonfinite = ~finite & ~retry
+        retry = bad & ~first & (carry.n_bad < MAX_RETRIES) & ~own
+        stop_nonfinite = ~finite & ~retry & ~own
         accept = ~retry & ~stop_nonfinite
         updated = opt.update(state, f, g)
         x_retry = carry.anchor_x + 0.5 * (state.x - carry.anchor_x)
@@ -139,14 +142,14 @@ def _step(
             updated,
             retried,
         )
-        anchor_x = jnp.where(accept, state.x, carry.anchor_x)
-        anchor_f = jnp.where(accept, f, carry.anchor_f)
+        anchor_x = jnp.where(accept & finite, state.x, carry.anchor_x)
+        anchor_f = jnp.where(accept & finite, f, carry.anchor_f)
         n_bad = jnp.where(retry, carry.n_bad + 1, 0).astype(jnp.int32)
-        n_rejected = carry.n_rejected + retry.astype(jnp.int32)
+        n_rejected = carry.n_rejected + (retry | (own & ~finite)).astype(jnp.int32)
         fell_back = _n_fallback(updated) > _n_fallback(state)
         guard = jnp.where(accept, fell_back, carry.guard)
     if project:
-        new_state = eqx.tree_at(lambda s: s.x, new_state, jnp.clip(new_state.x, -1, 1))
+        new_state = _project(new_state)
     advanced = new_state.nit > state.nit
     hist = jnp.where(advanced, hist.at[jnp.minimum(new_state.nit, steps)].set(best_f), hist)
 
@@ -189,6 +192,22 @@ def _step(
 
 def _n_fallback(state) -> jax.Array:
     return getattr(state, "n_fallback", jnp.zeros((), jnp.int32))
+
+
+def _handles_nonfinite(state) -> jax.Array:
+    """Whether the optimizer takes a non-finite evaluation at its pending point itself
+    (``state.handles_nonfinite``, e.g. a smoothing phase's sample) instead of the driver's
+    retry."""
+    return jnp.asarray(getattr(state, "handles_nonfinite", False))
+
+
+def _project(state):
+    """The state with its pending point clipped into the unit box; a state with a
+    ``project(lo, hi)`` method (the smoothing layer, which also keeps its centre inside)
+    projects itself."""
+    if hasattr(state, "project"):
+        return state.project(-1.0, 1.0)
+    return eqx.tree_at(lambda s: s.x, state, jnp.clip(state.x, -1, 1))
 
 
 @jax.custom_vjp
@@ -502,6 +521,29 @@ def _with_rule_options(method: str, params: Any, options: dict[str, Any]) -> Any
         raise ValueError(f"invalid options for method {method!r}: {e}") from None
 
 
+SMOOTH_BUDGET_FRACTION = 0.7
+r"""The most of a learned method's evaluation budget that its smoothing phase may take
+(:mod:`optimus.optimizers.smoothing`): :func:`minimize` shortens the phase to
+:math:`R \le \lfloor(0.7 B - 3) / k\rfloor` rounds of :math:`k` samples for a budget of
+:math:`B` evaluations (the phase and its detection take :math:`R k + 3`), unless the
+``smooth_rounds`` option is given. The shipped 8 rounds of 8 fit a budget of 100."""
+
+
+def _fit_smoothing(params: Any, budget: int) -> Any:
+    """``params`` with ``smooth_rounds`` shortened to fit ``budget`` evaluations
+    (:data:`SMOOTH_BUDGET_FRACTION`)."""
+    config = getattr(params, "config", None)
+    rounds = getattr(config, "smooth_rounds", 0)
+    if rounds == 0:
+        return params
+    fit = max(0, math.floor((SMOOTH_BUDGET_FRACTION * budget - 3) / config.smooth_samples))
+    if fit >= rounds:
+        return params
+    from optimus.nets import with_rule
+
+    return with_rule(params, smooth_rounds=fit)
+
+
 def prepare_method(fun, method, steps, max_evals, gtol, params, options):
     """Validate the arguments :func:`minimize` and :func:`optimus.minimize_batch` share.
 
@@ -530,9 +572,13 @@ def prepare_method(fun, method, steps, max_evals, gtol, params, options):
         from optimus.pretrained import load_pretrained
 
         params = load_pretrained(method)
-    if method in LEARNED_METHODS and options:
-        params = _with_rule_options(method, params, options)
-        options = {}
+    if method in LEARNED_METHODS:
+        chose_rounds = "smooth_rounds" in options
+        if options:
+            params = _with_rule_options(method, params, options)
+            options = {}
+        if not chose_rounds:
+            params = _fit_smoothing(params, min(steps, max_evals))
     opt = get_optimizer(method, params=params, **options)  # validates params and options
     # float hyper-parameters of the first-order methods are traced (no recompilation when
     # tuning a learning rate); everything else (ints, strings, and the line-search constants,
@@ -610,7 +656,9 @@ def minimize(
             for learned methods, fields of the update rule around the network
             (``optimus.nets.optimus.RULE_FIELDS``), e.g. ``{"restart": 0.0,
             "smooth_rounds": 0}`` for a purely local search without the restarts and the
-            smoothing phase of the shipped function-trained models.
+            smoothing phase of the shipped function-trained models. Unless
+            ``smooth_rounds`` is given, a smoothing phase is shortened to take at most 70 %
+            of ``min(steps, max_evals)`` (:data:`SMOOTH_BUDGET_FRACTION`).
         verbose: ``False`` (default) prints nothing; ``True`` prints a progress line every 10
             iterations, an integer ``k >= 1`` every ``k`` iterations, plus one at the end. In
             the jitted loop the lines come from :func:`jax.debug.callback`; with ``verbose``
@@ -629,7 +677,8 @@ def minimize(
     * *NaN or inf value, or a non-finite gradient with a finite value*, at a trial point:
       the point is rejected and never becomes the result. BFGS/L-BFGS treat it as
       :math:`+\infty` and their line search shrinks the step. First-order and learned
-      methods retry the point half-way back to the last accepted point, up to
+      methods retry the point half-way back to the last accepted point (except a
+      smoothing phase's samples, which the phase skips itself), up to
       ``MAX_RETRIES = 30`` times in a row (``result.n_rejected`` counts the retries, and for
       the shipped learned models also the trial points their step-acceptance rule rejected
       for an increase, see :mod:`optimus.optimizers.acceptance`); if the

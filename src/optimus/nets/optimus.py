@@ -79,7 +79,9 @@ RULE_FIELDS = (
     "smooth_rho",
     "smooth_decay",
     "smooth_step",
+    "smooth_max_step",
     "smooth_cos",
+    "smooth_trap",
     "smooth_min_dim",
 )
 
@@ -149,17 +151,20 @@ class NetConfig:
     # and the trial point is rejected; 0: only the ulp test above
     restart_patience: int = 0
     # a Gaussian-smoothing phase for rough objectives (optimus.optimizers.smoothing): when
-    # the first two gradients disagree (cosine < smooth_cos) and n >= smooth_min_dim,
+    # the first two gradients disagree (cosine < smooth_cos), the trapezoid rule misses the
+    # change of the value by more than smooth_trap (relative) and n >= smooth_min_dim,
     # smooth_rounds rounds of smooth_samples evaluations at antithetic Gaussian perturbations
     # of RMS smooth_rho * smooth_decay^r box half-widths move a centre by (Barzilai-Borwein)
-    # steps along their mean gradient, the first of RMS length smooth_step; then the
-    # optimizer starts afresh at the best point seen. 0 rounds: off
+    # steps along their mean gradient, the first of RMS length smooth_step, none longer than
+    # smooth_max_step; then the optimizer starts afresh at the best point seen. 0 rounds: off
     smooth_rounds: int = 0
     smooth_samples: int = 10
     smooth_rho: float = 0.2
     smooth_decay: float = 0.5
     smooth_step: float = 0.3
+    smooth_max_step: float = 2.0
     smooth_cos: float = 0.5
+    smooth_trap: float = 0.05
     smooth_min_dim: int = 8
 
     def __post_init__(self):
@@ -204,7 +209,7 @@ class NetConfig:
                 "NetConfig.smooth_samples must be even (antithetic pairs), "
                 f"got {self.smooth_samples}"
             )
-        for name in ("smooth_rho", "smooth_step"):
+        for name in ("smooth_rho", "smooth_step", "smooth_max_step"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise ValueError(f"NetConfig.{name} must be a finite number > 0, got {v!r}")
@@ -212,6 +217,10 @@ class NetConfig:
             raise ValueError(f"NetConfig.smooth_decay must be in (0, 1], got {self.smooth_decay}")
         if not (math.isfinite(self.smooth_cos) and -1 <= self.smooth_cos <= 1):
             raise ValueError(f"NetConfig.smooth_cos must be in [-1, 1], got {self.smooth_cos}")
+        if not (math.isfinite(self.smooth_trap) and self.smooth_trap >= 0):
+            raise ValueError(
+                f"NetConfig.smooth_trap must be a finite number >= 0, got {self.smooth_trap}"
+            )
         if self.sr1 and self.secant != "bfgs":
             raise ValueError("NetConfig.sr1 needs secant = 'bfgs' (a dense estimate)")
         if self.num_inducing < 1:

@@ -21,8 +21,11 @@ Non-finite evaluations are the driver's business (:func:`optimus.minimize`): a m
 and must shrink its step; any other method never sees one: the driver rejects the point and
 overwrites ``state.x`` with the point half-way back to the last accepted one, so ``update``
 must treat ``state.x`` as "the point that was evaluated" and nothing else as a cached copy of
-it. Learned methods count the network steps their safeguard replaced in
-``state.n_fallback``.
+it. The exception is a state whose ``handles_nonfinite`` (bool scalar) is true: the driver
+then passes the non-finite evaluation to ``update`` (the smoothing layer skips such a
+sample). Learned methods count the network steps their safeguard replaced in
+``state.n_fallback``. With bounds, projected methods' pending point is clipped into the box
+by the driver, or by ``state.project(lo, hi)`` when the state has one.
 
 States are pytrees whose shapes and dtypes never change across calls, so the whole solve runs
 in one ``jax.lax.while_loop`` without recompilation. ``hess_inv(state)``, when a method has

@@ -375,7 +375,9 @@ def model_update(
             rho=c.smooth_rho,
             decay=c.smooth_decay,
             step=c.smooth_step,
+            max_step=c.smooth_max_step,
             min_cos=c.smooth_cos,
+            min_trap=c.smooth_trap,
             min_dim=c.smooth_min_dim,
         )
     return _local_update(net, state, value, grad)

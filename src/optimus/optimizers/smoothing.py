@@ -12,15 +12,20 @@ with a cosine of 0.8–0.9 on Rastrigin and Levy (``bench_results/multimodal_sig
 such signal exists on Ackley, whose bowl is flat at the box's scale.
 
 **Detection** (no extra evaluation). The wrapped optimizer runs as usual for its first two
-evaluations, :math:`x_0` and its first step :math:`x_1` (the shipped models' long probe,
-0.1 box half-widths along :math:`-g_0`). If the objective is smooth at that scale the two
-gradients nearly agree; on a rippled one they do not. The phase starts when
+evaluations, :math:`x_0` and its first step :math:`x_1 = x_0 + s` (the shipped models' long
+probe, 0.1 box half-widths along :math:`-g_0`). If the objective is smooth at that scale the
+two gradients nearly agree, and the trapezoid rule predicts the change of the value; on a
+rippled one neither holds. The phase starts when
 
-.. math:: \cos(g_0, g_1) < c_{\min} \quad\text{and}\quad n \ge n_{\min}
+.. math:: \cos(g_0, g_1) < c_{\min}, \qquad
+   \frac{|f_1 - f_0 - \tfrac12 (g_0 + g_1)^\top s|}{|f_1 - f_0| + |\tfrac12 (g_0 + g_1)^\top s|
+   + 64\,\varepsilon\,(|f_0| + |f_1|)} \ge t_{\min} \quad\text{and}\quad n \ge n_{\min}
 
-(``smooth_cos``, ``smooth_min_dim``; at :math:`n < n_{\min}` one cosine cannot tell a
-rippled function from a long probe that crossed a smooth minimum); otherwise the layer
-passes every evaluation through and costs nothing.
+(``smooth_cos``, ``smooth_trap``, ``smooth_min_dim``). The trapezoid test is exact on a
+quadratic, so a probe that crosses a smooth minimum (the gradient reverses, the cosine is
+negative) does not start the phase; the :math:`\varepsilon` term (machine epsilon) calls a
+difference lost in rounding smooth. Otherwise the layer passes every evaluation through
+and costs nothing.
 
 **Phase.** From the centre :math:`c = x_0`, ``R`` rounds (``smooth_rounds``) of ``k``
 evaluations (``smooth_samples``, antithetic pairs :math:`c \pm \rho_r\xi_j`,
@@ -34,10 +39,18 @@ finite gradients,
    \ \text{(later, when positive)},
 
 a first step of RMS length :math:`s_0` (``smooth_step``) and then Barzilai–Borwein steps on the
-smoothed objective. One more evaluation at the final centre ends the phase; the wrapped
-optimizer is then started afresh (its ``init``) at the best point evaluated so far, with the
-budget that is left. Every evaluation counts against the budget, and
-:func:`optimus.minimize` returns the best point seen, as always.
+smoothed objective, every step capped at RMS length :math:`s_{\max}` (``smooth_max_step``). One
+more evaluation at the final centre ends the phase; the wrapped optimizer is then started
+afresh (its ``init``) at the best point evaluated so far, with the budget that is left.
+Every evaluation counts against the budget, and :func:`optimus.minimize` returns the best
+point seen, as always; it also shortens the phase to fit its budget
+(:data:`optimus.solve.SMOOTH_BUDGET_FRACTION`).
+
+A sample with a non-finite value or gradient is skipped (it adds nothing to its round's
+mean); the driver does not retry it (:attr:`SmoothState.handles_nonfinite`). With bounds the
+centre stays in the box (:meth:`SmoothState.project`), and the samples are clipped into it.
+The counters the driver reports (``n_fallback``, ``n_reject``) add the wrapped optimizer's
+counts before the fresh start to those after it.
 
 The layer is not learned and is off in meta-training; like the probe, the SR1 direction and
 the restarts, its parameters were chosen on validation problems after meta-training.
@@ -57,6 +70,7 @@ from optimus.optimizers.base import WrapperState
 SMOOTH_SEED = 1  # the perturbations come from fold_in(PRNGKey(SMOOTH_SEED), round, pair)
 
 OFF, DETECT, SMOOTH, CENTRE = 0, 1, 2, 3  # phases; OFF also after the phase has ended
+TRAP_ROUNDING = 64.0  # the trapezoid test's allowance for rounding, in machine epsilons
 
 
 class SmoothState(WrapperState):
@@ -69,6 +83,7 @@ class SmoothState(WrapperState):
     extra: jax.Array  # evaluations of the phase (each counts as an iteration)
     nit_offset: jax.Array  # the inner optimizer's iterations before the handoff
     g_first: jax.Array  # gradient at x_0 (detection)
+    f_first: jax.Array  # value at x_0 (detection)
     centre: jax.Array
     centre_prev: jax.Array
     g_sum: jax.Array
@@ -79,6 +94,8 @@ class SmoothState(WrapperState):
     sample: jax.Array  # index of the next sample within its round
     best_x: jax.Array
     best_f: jax.Array
+    fallback_offset: jax.Array  # the inner optimizer's n_fallback before the handoff
+    reject_offset: jax.Array  # the inner optimizer's n_reject before the handoff
 
     @property
     def nit(self) -> jax.Array:
@@ -86,7 +103,25 @@ class SmoothState(WrapperState):
 
     @property
     def n_reject(self) -> jax.Array:
-        return getattr(self.inner, "n_reject", jnp.zeros((), jnp.int32))
+        return self.reject_offset + getattr(self.inner, "n_reject", jnp.zeros((), jnp.int32))
+
+    @property
+    def n_fallback(self) -> jax.Array:
+        return self.fallback_offset + getattr(self.inner, "n_fallback", jnp.zeros((), jnp.int32))
+
+    @property
+    def handles_nonfinite(self) -> jax.Array:
+        """True while the pending point is a sample or the final centre: the layer skips a
+        non-finite evaluation there itself, and the driver must pass it on unretried."""
+        return (self.phase == SMOOTH) | (self.phase == CENTRE)
+
+    def project(self, lo: float, hi: float) -> SmoothState:
+        """The state with the centre clipped into ``[lo, hi]``, a pending sample moved with it,
+        and the pending point clipped (the driver's projection for bounded problems)."""
+        centre = jnp.clip(self.centre, lo, hi)
+        moving = self.handles_nonfinite
+        x = jnp.clip(self.x + jnp.where(moving, centre - self.centre, 0), lo, hi)
+        return eqx.tree_at(lambda s: (s.x, s.centre), self, (x.astype(self.x.dtype), centre))
 
 
 def smooth_init(inner: Any) -> SmoothState:
@@ -102,6 +137,7 @@ def smooth_init(inner: Any) -> SmoothState:
         extra=i0,
         nit_offset=i0,
         g_first=z,
+        f_first=jnp.asarray(jnp.nan, x.dtype),
         centre=x,
         centre_prev=x,
         g_sum=z,
@@ -112,6 +148,8 @@ def smooth_init(inner: Any) -> SmoothState:
         sample=i0,
         best_x=x,
         best_f=jnp.asarray(jnp.inf, x.dtype),
+        fallback_offset=i0,
+        reject_offset=i0,
     )
 
 
@@ -136,7 +174,9 @@ def smooth_update(
     rho: float,
     decay: float,
     step: float,
+    max_step: float,
     min_cos: float,
+    min_trap: float,
     min_dim: int,
 ) -> SmoothState:
     """Account for ``value = f(state.x)`` and ``grad``; see the module docstring.
@@ -155,13 +195,26 @@ def smooth_update(
     count = state.count + 1
     phase = state.phase
 
-    # detection, at the second evaluation
+    # detection, at the second evaluation (the centre is still x_0)
     g_first = jnp.where(count == 1, safe_grad, state.g_first)
+    f_first = jnp.where(count == 1, value, state.f_first).astype(dtype)
     m = mask.astype(dtype)
     g0, g1 = g_first * m, safe_grad * m
-    cos = jnp.vdot(g0, g1) / (jnp.linalg.norm(g0) * jnp.linalg.norm(g1) + jnp.finfo(dtype).tiny)
+    tiny = jnp.finfo(dtype).tiny
+    cos = jnp.vdot(g0, g1) / (jnp.linalg.norm(g0) * jnp.linalg.norm(g1) + tiny)
+    df = value - f_first
+    trap = 0.5 * jnp.vdot(g0 + g1, (x - state.centre) * m)
+    rounding = TRAP_ROUNDING * jnp.finfo(dtype).eps * (jnp.abs(value) + jnp.abs(f_first))
+    trap_err = jnp.abs(df - trap) / (jnp.abs(df) + jnp.abs(trap) + rounding + tiny)
     n_valid = jnp.sum(mask)
-    start = (phase == DETECT) & (count == 2) & finite & (cos < min_cos) & (n_valid >= min_dim)
+    start = (
+        (phase == DETECT)
+        & (count == 2)
+        & finite
+        & (cos < min_cos)
+        & (trap_err >= min_trap)
+        & (n_valid >= min_dim)
+    )
     stop_detect = (phase == DETECT) & (count >= 2) & ~start
 
     # the smoothing rounds: accumulate this sample's gradient (the first sample follows the
@@ -181,7 +234,10 @@ def smooth_update(
         step / jnp.maximum(rms, jnp.finfo(dtype).tiny),
         jnp.where(sy > 0, bb, state.alpha),
     ).astype(dtype)
-    moved = (state.centre - alpha * g_mean * m).astype(dtype)
+    move = alpha * g_mean * m
+    move_rms = jnp.sqrt(jnp.sum(move**2) / jnp.maximum(n_valid, 1))
+    move = move * jnp.minimum(1, max_step / jnp.maximum(move_rms, tiny))
+    moved = (state.centre - move).astype(dtype)
     usable = round_done & (n_sum > 0) & jnp.isfinite(alpha) & jnp.all(jnp.isfinite(moved))
     centre = jnp.where(usable, moved, state.centre)
     centre_prev = jnp.where(usable, state.centre, state.centre_prev)
@@ -223,6 +279,13 @@ def smooth_update(
     # optimizer never saw) count as iterations; the inner count restarts at the handoff
     extra = state.extra + ((state.phase == SMOOTH) | handoff | start).astype(jnp.int32)
     nit_offset = jnp.where(handoff, state.nit_offset + state.inner.nit, state.nit_offset)
+    zero = jnp.zeros((), jnp.int32)
+    fallback_offset = state.fallback_offset + jnp.where(
+        handoff, getattr(state.inner, "n_fallback", zero), 0
+    )
+    reject_offset = state.reject_offset + jnp.where(
+        handoff, getattr(state.inner, "n_reject", zero), 0
+    )
     next_x = jnp.select(
         [handoff, phase == SMOOTH, phase == CENTRE], [best_x, sample_x, centre], inner.x
     ).astype(dtype)
@@ -235,6 +298,7 @@ def smooth_update(
         extra=extra.astype(jnp.int32),
         nit_offset=nit_offset.astype(jnp.int32),
         g_first=g_first,
+        f_first=f_first,
         centre=centre,
         centre_prev=centre_prev,
         g_sum=g_sum,
@@ -245,4 +309,6 @@ def smooth_update(
         sample=sample.astype(jnp.int32),
         best_x=best_x,
         best_f=best_f,
+        fallback_offset=fallback_offset.astype(jnp.int32),
+        reject_offset=reject_offset.astype(jnp.int32),
     )

@@ -25,7 +25,8 @@ level, the evaluations carry no usable information about the global basin's dire
 no method that is not told where optima tend to lie (the canonical functions put them at 0
 or 1; our networks never see the position) can be expected to find it. ``--detection``
 instead tabulates the cosine between the gradients before and after the shipped models'
-first step, which ``optimus.optimizers.smoothing`` uses to decide whether to smooth. Each
+first step and the trapezoid rule's error along it, which ``optimus.optimizers.smoothing``
+uses to decide whether to smooth. Each
 row also gives the distance left after the best step along the direction,
 ``sqrt(1 - cos^2)`` of the start's distance, averaged.
 """
@@ -84,55 +85,91 @@ def cosines(name: str, variant: str, n: int, seeds: range, key_seed: int) -> dic
     }
 
 
-def probe_cosines(name: str, n: int, seeds: range) -> list[float]:
-    """cos(g0, g1) between the gradient at the start and after the shipped models' probe (a
-    step of RMS length 0.1 along -g0): the smoothing layer's detection
-    (``optimus.optimizers.smoothing``), on transformed problems of the benchmark."""
+def probe_checks(name: str, n: int, seeds: range) -> list[tuple[float, float]]:
+    """``(cos(g0, g1), trapezoid error)`` at the start and after the shipped models' probe (a
+    step ``s`` of RMS length 0.1 along -g0): the smoothing layer's detection
+    (``optimus.optimizers.smoothing``), on transformed problems of the benchmark. The
+    trapezoid error is the layer's ``|f1 - f0 - (g0 + g1)'s / 2|`` relative to
+    ``|f1 - f0| + |(g0 + g1)'s / 2|`` plus its rounding allowance."""
     import jax
     import jax.numpy as jnp
 
     from optimus.bench.run import _problem
+    from optimus.optimizers.smoothing import TRAP_ROUNDING
 
     out = []
     for seed in seeds:
         problem, x0 = _problem(name, "transformed", n, seed, tuning=False)
         vg = jax.value_and_grad(problem.unit_objective)
         z0 = problem.to_unit(x0)
-        _, g0 = vg(z0)
-        _, g1 = vg(z0 - 0.1 * g0 / jnp.sqrt(jnp.mean(g0**2)))
-        out.append(float(g0 @ g1 / (jnp.linalg.norm(g0) * jnp.linalg.norm(g1))))
+        f0, g0 = vg(z0)
+        step = -0.1 * g0 / jnp.sqrt(jnp.mean(g0**2))
+        f1, g1 = vg(z0 + step)
+        cos = float(g0 @ g1 / (jnp.linalg.norm(g0) * jnp.linalg.norm(g1)))
+        df, trap = f1 - f0, 0.5 * jnp.vdot(g0 + g1, step)
+        rounding = TRAP_ROUNDING * jnp.finfo(f0.dtype).eps * (jnp.abs(f0) + jnp.abs(f1))
+        err = jnp.abs(df - trap) / (jnp.abs(df) + jnp.abs(trap) + rounding)
+        out.append((cos, float(err)))
     return out
 
 
 def detection_report(seeds: range, dims: list[int]) -> str:
-    """Markdown table of :func:`probe_cosines` (min / median / max over ``seeds``)."""
+    """Markdown tables of :func:`probe_checks` (min / median / max over ``seeds``) and of the
+    runs in which the shipped rule starts the phase."""
     import numpy as np
 
+    import optimus
     from optimus import functions as F
     from optimus.bench.run import PERM_MAX_DIM
 
-    lines = [
-        "# The smoothing layer's detection: cos(g₀, g₁) after the probe",
-        "",
-        f"Transformed problems of `optimus bench`, seeds {seeds.start}–{seeds.stop - 1}; g₁ at"
-        " x₀ − 0.1 g₀/rms(g₀), the shipped models' first step. The phase starts where the"
-        " cosine is below `smooth_cos` = 0.5 and n ≥ `smooth_min_dim` = 8. Min / median / max"
-        " over the seeds. Command: `.venv/bin/python scripts/multimodal_signal.py --detection"
-        f" --dims {','.join(map(str, dims))} --seed-start {seeds.start} --seeds {len(seeds)}`.",
-        "",
-        "| function | " + " | ".join(f"n = {n}" for n in dims) + " |",
-        "|---|" + "---|" * len(dims),
-    ]
+    c = optimus.load_pretrained("optimus").config
+    head = "| function | " + " | ".join(f"n = {n}" for n in dims) + " |"
+    rule = "|---|" + "---|" * len(dims)
+    tables = {"cos": [head, rule], "trap": [head, rule], "start": [head, rule]}
     for name in F.NAMES:
         tf = F.get(name)
-        cells = []
+        cells = {k: [] for k in tables}
         for n in dims:
             if n % tf.dim_multiple or (name == "perm" and n > PERM_MAX_DIM):
-                cells.append("–")
+                for k in cells:
+                    cells[k].append("–")
                 continue
-            c = probe_cosines(name, n, seeds)
-            cells.append(f"{min(c):+.2f} / {np.median(c):+.2f} / {max(c):+.2f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            checks = np.asarray(probe_checks(name, n, seeds))
+            cos, err = checks[:, 0], checks[:, 1]
+            cells["cos"].append(f"{cos.min():+.2f} / {np.median(cos):+.2f} / {cos.max():+.2f}")
+            cells["trap"].append(f"{err.min():.3f} / {np.median(err):.3f} / {err.max():.3f}")
+            start = (cos < c.smooth_cos) & (err >= c.smooth_trap) & (n >= c.smooth_min_dim)
+            by_cos = (cos < c.smooth_cos) & (n >= c.smooth_min_dim)
+            cells["start"].append(f"{int(start.sum())} ({int(by_cos.sum())})")
+        for k in tables:
+            tables[k].append(f"| {name} | " + " | ".join(cells[k]) + " |")
+    command = (
+        "`.venv/bin/python scripts/multimodal_signal.py --detection"
+        f" --dims {','.join(map(str, dims))} --seed-start {seeds.start} --seeds {len(seeds)}`"
+    )
+    lines = [
+        "# The smoothing layer's detection after the probe",
+        "",
+        f"Transformed problems of `optimus bench`, seeds {seeds.start}–{seeds.stop - 1}; x₁ ="
+        " x₀ + s, s = −0.1 g₀/rms(g₀), the shipped models' first step. The phase starts where"
+        f" cos(g₀, g₁) < `smooth_cos` = {c.smooth_cos}, the trapezoid rule's relative error"
+        f" along s is ≥ `smooth_trap` = {c.smooth_trap} and n ≥ `smooth_min_dim` ="
+        f" {c.smooth_min_dim}. Command: {command}.",
+        "",
+        "## cos(g₀, g₁): min / median / max over the seeds",
+        "",
+        *tables["cos"],
+        "",
+        "## Trapezoid error |f₁ − f₀ − ½(g₀ + g₁)ᵀs| / (|f₁ − f₀| + |½(g₀ + g₁)ᵀs| + rounding):"
+        " min / median / max",
+        "",
+        *tables["trap"],
+        "",
+        f"## Runs (of {len(seeds)}) in which the phase starts (in brackets: by the cosine and"
+        " n alone, the rule before the trapezoid test)",
+        "",
+        *tables["start"],
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,11 @@ def _rastrigin(z):
     return jnp.sum(x**2 + 10 * (1 - jnp.cos(2 * jnp.pi * x)))
 
 
+def _shipped(**rule):
+    """The shipped Optimus with the update-rule fields ``rule`` changed."""
+    return with_rule(optimus.load_pretrained("optimus"), **rule)
+
+
 def _drive(net, f, x0, evals):
     """Trial points, values, gradients and states of ``evals`` evaluations."""
     vg = jax.jit(jax.value_and_grad(f))
@@ -43,7 +48,7 @@ def _rms(v):
 
 def test_the_phase_samples_antithetic_pairs_moves_the_centre_and_hands_off_at_the_best_point():
     rounds, k = 2, 4
-    net = with_rule(optimus.load_pretrained("optimus"), smooth_rounds=rounds, smooth_samples=k)
+    net = _shipped(smooth_rounds=rounds, smooth_samples=k)
     x0 = jax.random.uniform(jax.random.key(3), (N,), minval=-0.8, maxval=0.8)
     total = 2 + rounds * k + 1 + 3
     xs, fs, gs, states = _drive(net, _rastrigin, x0, total)
@@ -135,7 +140,7 @@ def test_a_probe_that_crosses_a_smooth_minimum_does_not_start_the_phase():
     quad = lambda z: jnp.sum((z - centre) ** 2)  # noqa: E731
     x0 = centre + 0.01 * jnp.cos(jnp.arange(N))
     for trap, phase in ((None, S.OFF), (0.0, S.SMOOTH)):
-        net = with_rule(optimus.load_pretrained("optimus"), smooth_rounds=2, smooth_samples=4)
+        net = _shipped(smooth_rounds=2, smooth_samples=4)
         if trap is not None:
             net = with_rule(net, smooth_trap=trap)
         _, _, gs, states = _drive(net, quad, x0, 2)
@@ -162,12 +167,7 @@ def test_a_centre_step_is_capped_at_smooth_max_step():
         return jnp.sum(tilt * z + 0.1 * jnp.cos(60 * z + jnp.arange(N)))
 
     rounds, k = 4, 8
-    net = with_rule(
-        optimus.load_pretrained("optimus"),
-        smooth_rounds=rounds,
-        smooth_samples=k,
-        smooth_max_step=1.0,
-    )
+    net = _shipped(smooth_rounds=rounds, smooth_samples=k, smooth_max_step=1.0)
     x0 = jnp.zeros(N)
     _, _, _, states = _drive(net, f, x0, 2 + rounds * k + 1)
     assert int(states[1].phase) == S.SMOOTH
@@ -233,12 +233,7 @@ def test_with_bounds_the_centre_stays_in_the_box():
         return _rastrigin(z - 1.5)
 
     rounds, k = 4, 8
-    net = with_rule(
-        optimus.load_pretrained("optimus"),
-        smooth_rounds=rounds,
-        smooth_samples=k,
-        smooth_step=1.0,
-    )
+    net = _shipped(smooth_rounds=rounds, smooth_samples=k, smooth_step=1.0)
     vg = jax.jit(jax.value_and_grad(f))
     state = model_init(net, jnp.full(N, 0.6))
     centres, unprojected = [], []
@@ -261,7 +256,7 @@ def test_with_bounds_the_centre_stays_in_the_box():
 
 
 def test_the_counters_add_up_across_the_fresh_start():
-    net = with_rule(optimus.load_pretrained("optimus"), smooth_rounds=1, smooth_samples=2)
+    net = _shipped(smooth_rounds=1, smooth_samples=2)
     x0 = jax.random.uniform(jax.random.key(3), (N,), minval=-0.8, maxval=0.8)
     _, _, _, states = _drive(net, _rastrigin, x0, 4)
     before = states[3]  # x0, the probe, two samples: the final centre is pending

@@ -40,6 +40,7 @@ API = [
     (None, "optimus.OptimusMinimiser"),
     ("The update rule and the optimizer protocol", "optimus.optimizers.learned"),
     (None, "optimus.optimizers.smoothing"),
+    (None, "optimus.nets.compact"),
     (None, "optimus.optimizers.base"),
     (None, "optimus.get_optimizer"),
     ("Weights", "optimus.load_pretrained"),

@@ -9,10 +9,13 @@ host's dispatch. This script isolates the optimizer: the jitted model step
 (:func:`optimus.optimizers.learned.model_update`, step acceptance included) of each shipped
 learned model, ``--steps`` steps in one ``lax.scan`` on the sphere, whose gradient ``2 x``
 costs nothing. Each (model, n) is compiled once and timed ``--repeats`` times; the table gives
-the fastest and the median repeat in ms per step. The dense models hold three n x n matrices
-(preconditioner ``B``, BFGS ``H`` and SR1 ``H``), so their step is memory-bound at large n;
-the CPU, JAX version and date go into the report, since the numbers are only comparable
-within one run. Writes ``step_cost.csv`` and ``step_cost.md``.
+the fastest and the median repeat in ms per step. ``optimus`` holds three n x n matrices
+(preconditioner ``B``, BFGS ``H`` and SR1 ``H``): it is timed with them dense and in the
+compact form that :func:`optimus.minimize` uses when n > 4 x the budget
+(``NetConfig.qn_memory`` = ``--steps``, exact for that many steps; ``optimus.nets.compact``),
+the dense form only up to ``--dense-max``. The size of the optimizer's state goes beside the
+times. The CPU, JAX version and date go into the report, since the numbers are only
+comparable within one run. Writes ``step_cost.csv`` and ``step_cost.md``.
 """
 
 from __future__ import annotations
@@ -36,20 +39,37 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def time_model(name: str, n: int, steps: int, repeats: int) -> tuple[float, float, float]:
-    """``(compile_s, fastest, median)`` ms per step of the shipped model ``name`` at ``n``."""
+def has_dense_matrices(name: str) -> bool:
+    """Whether the shipped model ``name`` keeps n x n matrices (so it has a compact form)."""
+    import optimus
+    from optimus.solve import fit_memory
+
+    net = optimus.load_pretrained(name)
+    return fit_memory(net, 10**9, 1, {}) is not net
+
+
+def time_model(
+    name: str, n: int, steps: int, repeats: int, memory: int = 0
+) -> tuple[float, float, float, float]:
+    """``(compile_s, fastest, median, state_mb)``: ms per step of the shipped model ``name``
+    at ``n`` (``memory`` > 0: its matrices in compact form with room for ``memory``
+    updates) and the size of its state in MB."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import optimus
+    from optimus.nets import with_rule
     from optimus.optimizers.learned import model_init, model_update
 
     net = optimus.load_pretrained(name)
+    if memory:
+        net = with_rule(net, qn_memory=memory)
     params, static = eqx.partition(net, eqx.is_array)
     x0 = jnp.asarray(np.random.default_rng(0).normal(size=n), jnp.float32)
     state = model_init(net, x0)
+    state_mb = sum(a.nbytes for a in jax.tree.leaves(state)) / 1e6
 
     @jax.jit
     def run(params, state):
@@ -68,7 +88,7 @@ def time_model(name: str, n: int, steps: int, repeats: int) -> tuple[float, floa
         t = time.perf_counter()
         jax.block_until_ready(run(params, state))
         times.append(1e3 * (time.perf_counter() - t) / steps)
-    return compile_s, float(np.min(times)), float(np.median(times))
+    return compile_s, float(np.min(times)), float(np.median(times)), state_mb
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", default="100,300,1000,3000")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument(
+        "--dense-max", type=int, default=3000, help="largest n at which dense matrices are timed"
+    )
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     try:
@@ -96,15 +119,34 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
+    # (column label, model, qn_memory): the models with n x n matrices also in compact form
+    columns = []
+    for m in models:
+        if has_dense_matrices(m):
+            columns += [(f"{m} (dense)", m, 0), (f"{m} (compact)", m, args.steps)]
+        else:
+            columns.append((m, m, 0))
     rows = []
     t0 = time.perf_counter()
     for n in dims:
-        for m in models:
-            compile_s, fastest, median = time_model(m, n, args.steps, args.repeats)
-            rows.append(
-                dict(model=m, n=n, fastest_ms=fastest, median_ms=median, compile_s=compile_s)
+        for label, m, memory in columns:
+            if memory == 0 and has_dense_matrices(m) and n > args.dense_max:
+                continue
+            compile_s, fastest, median, state_mb = time_model(
+                m, n, args.steps, args.repeats, memory
             )
-            print(f"[{time.perf_counter() - t0:6.0f}s] {m} n={n}: {fastest:.3f} ms", flush=True)
+            rows.append(
+                dict(
+                    model=m,
+                    form="compact" if memory else "dense",
+                    n=n,
+                    fastest_ms=fastest,
+                    median_ms=median,
+                    compile_s=compile_s,
+                    state_mb=state_mb,
+                )
+            )
+            print(f"[{time.perf_counter() - t0:6.0f}s] {label} n={n}: {fastest:.3f} ms", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "step_cost.csv", "w", newline="") as fh:
@@ -120,18 +162,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{cpu_name()} ({jax.default_backend()}, JAX {jax.__version__}): the jitted model step "
         f"with step acceptance, {args.steps} steps per call in one `lax.scan` on the sphere, "
         f"{args.repeats} timed calls after the compiling one; ms per step, fastest call "
-        "(median in brackets).",
+        "(median in brackets), and the size of the optimizer's state in MB. '(compact)': the "
+        f"n x n matrices in compact form with room for {args.steps} updates "
+        "(`NetConfig.qn_memory`, what `optimus.minimize` uses when n > 4 x the budget); "
+        f"dense matrices timed up to n = {args.dense_max}.",
         "",
-        "| n | " + " | ".join(models) + " |",
-        "|---|" + "---|" * len(models),
+        "| n | " + " | ".join(label for label, _, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
+
+    def cell(m, memory, n):
+        form = "compact" if memory else "dense"
+        r = [r for r in rows if r["model"] == m and r["form"] == form and r["n"] == n]
+        if not r:
+            return "n/a"
+        r = r[0]
+        return f"{r['fastest_ms']:.3g} ({r['median_ms']:.3g}); {r['state_mb']:.3g} MB"
+
     for n in dims:
-        cells = [next(r for r in rows if r["model"] == m and r["n"] == n) for m in models]
-        lines.append(
-            f"| {n} | "
-            + " | ".join(f"{c['fastest_ms']:.3g} ({c['median_ms']:.3g})" for c in cells)
-            + " |"
-        )
+        lines.append(f"| {n} | " + " | ".join(cell(m, mem, n) for _, m, mem in columns) + " |")
     lines.append("")
     (out / "step_cost.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -195,10 +195,21 @@ def test_step_cost_times_each_model_and_dimension(tmp_path):
     with pytest.raises(SystemExit):
         mod.main(["--out", str(tmp_path / "bad"), "--models", "nonsense"])
     out = tmp_path / "o"
-    args = ["--out", str(out), "--models", "mlp", "--dims", "8,16", "--steps", "2"]
-    assert mod.main([*args, "--repeats", "2"]) == 0
+    args = ["--out", str(out), "--models", "optimus,mlp", "--dims", "8,16", "--steps", "2"]
+    assert mod.main([*args, "--repeats", "2", "--dense-max", "8"]) == 0
     rows = list(csv.DictReader((out / "step_cost.csv").open()))
-    assert [(r["model"], r["n"]) for r in rows] == [("mlp", "8"), ("mlp", "16")]
+    assert [(r["model"], r["form"], r["n"]) for r in rows] == [
+        ("optimus", "dense", "8"),
+        ("optimus", "compact", "8"),
+        ("mlp", "dense", "8"),
+        ("optimus", "compact", "16"),  # dense only up to --dense-max
+        ("mlp", "dense", "16"),
+    ]
     for r in rows:
         assert 0 < float(r["fastest_ms"]) <= float(r["median_ms"])
-    assert "| 16 |" in (out / "step_cost.md").read_text()
+        assert float(r["state_mb"]) > 0
+    # the dense state holds three n x n matrices: larger than the compact one at n = 8 with
+    # room for 2 updates
+    assert float(rows[0]["state_mb"]) > float(rows[1]["state_mb"])
+    report = (out / "step_cost.md").read_text()
+    assert "| 16 |" in report and "optimus (compact)" in report and "n/a" in report

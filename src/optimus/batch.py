@@ -40,6 +40,7 @@ from optimus.solve import (
     _parse_bounds,
     box_options,
     finalize,
+    fit_memory,
     fresh_jit,
     prepare_method,
     solve_core,
@@ -243,6 +244,7 @@ def minimize_batch(
         x0_flat = jnp.clip(x0_flat, box.lo, box.hi)
         x0_tree = jax.vmap(unravel)(x0_flat)
     options_key = box_options(method, options_key, box)
+    params = fit_memory(params, flat_first.size, min(steps, max_evals), options)
     logger.debug(
         "minimize_batch: method=%s B=%d n=%d dtype=%s steps=%d max_evals=%d",
         method,

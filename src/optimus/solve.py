@@ -544,6 +544,34 @@ def _fit_smoothing(params: Any, budget: int) -> Any:
     return with_rule(params, smooth_rounds=fit)
 
 
+COMPACT_MIN_RATIO = 4
+r""":func:`minimize` holds a learned method's :math:`n\times n` matrices (the preconditioner
+:math:`B`, the BFGS and SR1 estimates) in compact form (:mod:`optimus.nets.compact`) when
+:math:`n > 4 m`, :math:`m = \min(\text{steps}, \text{max\_evals})` the most updates they can
+receive, unless the ``qn_memory`` option is given (0: always dense). A compact matrix with
+:math:`m` updates keeps :math:`2m` vectors of length :math:`n` where the dense one keeps
+:math:`n^2` entries, and equals it in exact arithmetic; the ratio 4 leaves the dense form
+wherever the two cost about the same (``bench_results/step_cost/``)."""
+
+
+def fit_memory(params: Any, n: int, budget: int, options: dict[str, Any] | None) -> Any:
+    """``params`` with ``qn_memory`` set for a problem of ``n`` unknowns and ``budget``
+    updates (:data:`COMPACT_MIN_RATIO`); unchanged for classical methods, for networks
+    without dense matrices and when the caller chose ``qn_memory``."""
+    config = getattr(params, "config", None)
+    if config is None or "qn_memory" in (options or {}):
+        return params
+    if config.secant == "bfgs" and config.bfgs_h0 == "rescale":
+        return params  # the rescaled estimate is dense only
+    if not ((config.kind == "optimus" and config.precondition) or config.secant == "bfgs"):
+        return params  # no n x n matrix in the state
+    if n <= COMPACT_MIN_RATIO * budget:
+        return params
+    from optimus.nets import with_rule
+
+    return with_rule(params, qn_memory=int(budget))
+
+
 def prepare_method(fun, method, steps, max_evals, gtol, params, options):
     """Validate the arguments :func:`minimize` and :func:`optimus.minimize_batch` share.
 
@@ -658,7 +686,10 @@ def minimize(
             "smooth_rounds": 0}`` for a purely local search without the restarts and the
             smoothing phase of the shipped function-trained models. Unless
             ``smooth_rounds`` is given, a smoothing phase is shortened to take at most 70 %
-            of ``min(steps, max_evals)`` (:data:`SMOOTH_BUDGET_FRACTION`).
+            of ``min(steps, max_evals)`` (:data:`SMOOTH_BUDGET_FRACTION`). Unless
+            ``qn_memory`` is given, ``optimus``' n x n matrices are held in compact form
+            when ``n > 4 min(steps, max_evals)`` (:data:`COMPACT_MIN_RATIO`;
+            ``{"qn_memory": 0}`` keeps them dense).
         verbose: ``False`` (default) prints nothing; ``True`` prints a progress line every 10
             iterations, an integer ``k >= 1`` every ``k`` iterations, plus one at the end. In
             the jitted loop the lines come from :func:`jax.debug.callback`; with ``verbose``
@@ -728,6 +759,7 @@ def minimize(
         x0_flat = jnp.clip(x0_flat, box.lo, box.hi)
         x0_tree = unravel(x0_flat)
     options_key = box_options(method, options_key, box)
+    params = fit_memory(params, x0_flat.size, min(steps, max_evals), options)
     dtype = x0_flat.dtype
     common = dict(
         method=method, options=options_key, steps=steps, params=params, dyn_options=dyn_options

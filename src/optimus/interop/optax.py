@@ -187,11 +187,14 @@ def optimus(
         dtype = _leaf_dtype(tree, "params")
         flat, unravel = ravel_pytree(tree)
         flat = flat.astype(dtype)
-        if method == "optimus" and flat.size > LARGE_N:
+        dense = method == "optimus" and getattr(params.config, "qn_memory", 0) == 0
+        if dense and flat.size > LARGE_N:
             logger.warning(
                 "optimus.optax.optimus: %d parameters; method 'optimus' keeps a dense "
                 "%d x %d preconditioner and BFGS and SR1 estimates (O(n^2) memory and time); "
-                "consider method='optimus-noprecond' or 'mlp' (both O(n)) for large models",
+                "pass qn_memory=<number of updates> for their compact form (O(n) per "
+                "update, frozen after that many), or consider method='optimus-noprecond' or "
+                "'mlp' (both O(n)) for large models",
                 flat.size,
                 flat.size,
                 flat.size,

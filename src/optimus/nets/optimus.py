@@ -83,6 +83,7 @@ RULE_FIELDS = (
     "smooth_cos",
     "smooth_trap",
     "smooth_min_dim",
+    "qn_memory",
 )
 
 
@@ -166,6 +167,13 @@ class NetConfig:
     smooth_cos: float = 0.5
     smooth_trap: float = 0.05
     smooth_min_dim: int = 8
+    # how the n x n matrices of the state (the preconditioner B, the dense BFGS and SR1
+    # estimates) are held: 0 - dense; m > 0 - in compact form c I + P^T M P with room for m
+    # updates (optimus.nets.compact), O(m n) instead of O(n^2) per step and equal in exact
+    # arithmetic while at most m steps are taken (then the estimates freeze). Not part of
+    # the trained model: optimus.minimize sets it from the budget where it is cheaper
+    # (optimus.solve.COMPACT_MIN_RATIO)
+    qn_memory: int = 0
 
     def __post_init__(self):
         if self.kind not in ("optimus", "mlp"):
@@ -199,7 +207,12 @@ class NetConfig:
                 f"NetConfig.restart_patience must be an integer >= 0, got {patience!r}"
             )
         object.__setattr__(self, "restart_patience", int(patience))  # a plain int in the JSON
-        for name, low in (("smooth_rounds", 0), ("smooth_samples", 2), ("smooth_min_dim", 1)):
+        for name, low in (
+            ("smooth_rounds", 0),
+            ("smooth_samples", 2),
+            ("smooth_min_dim", 1),
+            ("qn_memory", 0),
+        ):
             v = getattr(self, name)
             if not isinstance(v, int | np.integer) or isinstance(v, bool | np.bool_) or v < low:
                 raise ValueError(f"NetConfig.{name} must be an integer >= {low}, got {v!r}")
@@ -220,6 +233,11 @@ class NetConfig:
         if not (math.isfinite(self.smooth_trap) and self.smooth_trap >= 0):
             raise ValueError(
                 f"NetConfig.smooth_trap must be a finite number >= 0, got {self.smooth_trap}"
+            )
+        if self.qn_memory and self.secant == "bfgs" and self.bfgs_h0 == "rescale":
+            raise ValueError(
+                "NetConfig.qn_memory > 0 (compact matrices) needs bfgs_h0 = 'selfscale'; "
+                "the 'rescale' estimate is dense only"
             )
         if self.sr1 and self.secant != "bfgs":
             raise ValueError("NetConfig.sr1 needs secant = 'bfgs' (a dense estimate)")

@@ -96,6 +96,15 @@ import jax
 import jax.numpy as jnp
 
 from optimus.nets import features as F
+from optimus.nets.compact import (
+    Compact,
+    compact_apply,
+    compact_bfgs_update,
+    compact_dense,
+    compact_init,
+    compact_precondition_update,
+    compact_sr1_update,
+)
 from optimus.nets.optimus import MAG_SCALE, precondition_update
 from optimus.optimizers.acceptance import AcceptState, accept_init, accept_update
 from optimus.optimizers.base import Optimizer
@@ -114,7 +123,7 @@ KAPPA = 1e3  # a step longer than KAPPA times the reference length r_t is "wildl
 class SR1State(eqx.Module):
     """The SR1 side of the quasi-Newton direction (``NetConfig.sr1``)."""
 
-    H: jax.Array  # (N, N) dense SR1 inverse-Hessian estimate (0: no pair yet)
+    H: jax.Array | Compact  # SR1 inverse-Hessian estimate, (N, N) or compact (0: no pair yet)
     score: jax.Array  # decaying sum of log(SR1 error / BFGS error) on the secant pairs
 
 
@@ -126,10 +135,12 @@ class LearnedState(eqx.Module):
     f0: jax.Array
     f_prev: jax.Array
     acc: F.Accumulators
-    B: jax.Array | None  # (N, N) preconditioner, None when the network does not precondition
-    # dense BFGS inverse Hessian (secant="bfgs"): (N, N), or its two parts with
+    # preconditioner, (N, N) or compact (NetConfig.qn_memory); None when the network does
+    # not precondition
+    B: jax.Array | Compact | None
+    # BFGS inverse Hessian (secant="bfgs"): (N, N), compact, or its two parts with
     # bfgs_h0="rescale"; None otherwise
-    H: jax.Array | F.RescaledBFGS | None
+    H: jax.Array | Compact | F.RescaledBFGS | None
     mask: jax.Array
     t: jax.Array
     nit: jax.Array
@@ -151,12 +162,27 @@ def _rescaled(net) -> bool:
     return uses_dense_bfgs(net) and getattr(net.config, "bfgs_h0", "selfscale") == "rescale"
 
 
+def _memory(net) -> int:
+    """``NetConfig.qn_memory``: 0 for dense matrices, else the updates a compact one holds."""
+    return int(getattr(net.config, "qn_memory", 0))
+
+
 def _dense_init(net, n: int, dtype):
     if not uses_dense_bfgs(net):
         return None
     if _rescaled(net):
         return F.bfgs_rescaled_init(n, dtype)
+    if _memory(net):
+        return compact_init(n, 2 * _memory(net), dtype)
     return jnp.zeros((n, n), dtype)
+
+
+def _precond_init(net, n: int, dtype):
+    if not uses_preconditioner(net):
+        return None
+    if _memory(net):
+        return compact_init(n, _memory(net), dtype, c=1.0)
+    return jnp.eye(n, dtype=dtype)
 
 
 def uses_sr1(net) -> bool:
@@ -169,7 +195,7 @@ def learned_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedSt
         mask = jnp.ones(x0.shape, bool)
     dtype = x0.dtype
     zero_f = jnp.zeros((), dtype)
-    B = jnp.eye(x0.shape[0], dtype=dtype) if uses_preconditioner(net) else None
+    B = _precond_init(net, x0.shape[0], dtype)
     H = _dense_init(net, x0.shape[0], dtype)
     return LearnedState(
         x=x0,
@@ -186,19 +212,32 @@ def learned_init(net, x0: jax.Array, mask: jax.Array | None = None) -> LearnedSt
         nit=jnp.zeros((), jnp.int32),
         failed=jnp.zeros((), bool),
         n_fallback=jnp.zeros((), jnp.int32),
-        sr1=_sr1_init(x0.shape[0], dtype) if uses_sr1(net) else None,
+        sr1=_sr1_init(x0.shape[0], dtype, _memory(net)) if uses_sr1(net) else None,
     )
 
 
-def _sr1_init(n: int, dtype) -> SR1State:
-    return SR1State(jnp.zeros((n, n), dtype), jnp.zeros((), dtype))
+def _sr1_init(n: int, dtype, memory: int = 0) -> SR1State:
+    H = compact_init(n, memory, dtype) if memory else jnp.zeros((n, n), dtype)
+    return SR1State(H, jnp.zeros((), dtype))
 
 
 def _dense_apply(H, v: jax.Array) -> jax.Array:
-    """``H v`` for a dense BFGS estimate in either form."""
+    """``H v`` for a matrix of the state in any of its forms."""
+    if isinstance(H, Compact):
+        return compact_apply(H, v)
     if isinstance(H, F.RescaledBFGS):
         return F.bfgs_rescaled_direction(H, v)
     return H @ v
+
+
+def _started(H) -> jax.Array:
+    """Whether a secant estimate has its first pair (the dense forms: a non-zero trace)."""
+    return H.c != 0 if isinstance(H, Compact) else F.trace(H) != 0
+
+
+def _as_dense(M):
+    """A matrix of the state as a dense array (``OptimizeResult.hess_inv``)."""
+    return compact_dense(M) if isinstance(M, Compact) else M
 
 
 def _sr1_direction(sr1: SR1State, H_bfgs, g, s, y, q, t, margin: float):
@@ -207,14 +246,17 @@ def _sr1_direction(sr1: SR1State, H_bfgs, g, s, y, q, t, margin: float):
     predictor by the margin and gives a sufficient descent direction (module docstring).
     ``H_bfgs`` is the BFGS estimate *before* this pair."""
     tiny = jnp.finfo(s.dtype).tiny
-    scored = (t > 0) & (jnp.vdot(s, s) > 0) & (F.trace(sr1.H) != 0)
-    err_sr1 = jnp.sqrt(jnp.sum((sr1.H @ y - s) ** 2)) + tiny
+    scored = (t > 0) & (jnp.vdot(s, s) > 0) & _started(sr1.H)
+    err_sr1 = jnp.sqrt(jnp.sum((_dense_apply(sr1.H, y) - s) ** 2)) + tiny
     err_bfgs = jnp.sqrt(jnp.sum((_dense_apply(H_bfgs, y) - s) ** 2)) + tiny
     d = jnp.clip(jnp.log(err_sr1 / err_bfgs), -SR1_CLIP, SR1_CLIP)
     scored = scored & jnp.isfinite(d) & (err_bfgs > 2 * tiny)
     score = jnp.where(scored, SR1_DECAY * sr1.score + d, sr1.score)
-    H = F.sr1_inverse_update(sr1.H, s, y)
-    q_sr1 = H @ g
+    if isinstance(sr1.H, Compact):
+        H = compact_sr1_update(sr1.H, s, y)
+    else:
+        H = F.sr1_inverse_update(sr1.H, s, y)
+    q_sr1 = _dense_apply(H, g)
     # a sufficient descent direction: an SR1 direction at right angles to g (H indefinite
     # along it) would make steps that float32 rounding turns uphill
     gq = jnp.vdot(g, q_sr1)
@@ -236,7 +278,7 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
     g_prev = jnp.where(first, g, state.g_prev)
     s = x - state.x_prev
     y = g - g_prev
-    By = y if state.B is None else state.B @ y
+    By = y if state.B is None else _dense_apply(state.B, y)
     dx = x - state.x0
     if state.H is None:
         acc = F.update_accumulators(state.acc, g, s, y)
@@ -248,6 +290,8 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
         acc = F.update_accumulators(state.acc, g)
         if isinstance(state.H, F.RescaledBFGS):
             H_new = F.bfgs_rescaled_update(state.H, s, y)
+        elif isinstance(state.H, Compact):
+            H_new = compact_bfgs_update(state.H, s, y)
         else:
             H_new = F.bfgs_inverse_update(state.H, s, y)
         q = _dense_apply(H_new, g)
@@ -266,8 +310,12 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
         B_new = None
         step = raw
     else:
-        B_new = precondition_update(state.B, out.u.astype(dtype), out.rho.astype(dtype))
-        step = B_new @ raw
+        u, rho = out.u.astype(dtype), out.rho.astype(dtype)
+        if isinstance(state.B, Compact):
+            B_new = compact_precondition_update(state.B, u, rho)
+        else:
+            B_new = precondition_update(state.B, u, rho)
+        step = _dense_apply(B_new, raw)
     probe = getattr(net.config, "probe", 0.0)
     if probe > 0:  # a first step of RMS length `probe` along -g instead of the network's
         g_rms = jnp.maximum(_rms(g, mask), jnp.finfo(dtype).tiny)
@@ -276,7 +324,7 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
     if SAFEGUARD:
         step, B_new, H_new, fallback = _safeguard(step, B_new, H_new, g, s, dx, q, ell, mask)
         if sr1 is not None:  # restarts from scratch with the BFGS estimate
-            fresh = _sr1_init(x.shape[0], dtype)
+            fresh = _sr1_init(x.shape[0], dtype, _memory(net))
             sr1 = jax.tree.map(lambda a, b: jnp.where(fallback, a, b), fresh, sr1)
     else:
         fallback = jnp.zeros((), bool)
@@ -322,9 +370,15 @@ def _safeguard(step, B, H, g, s, dx, q, ell, mask):
     safe = jnp.where(mask & (g_rms > tiny), g * (length / jnp.maximum(g_rms, tiny)), 0)
     safe = jnp.where(jnp.isfinite(safe), safe, 0)
     step = jnp.where(fallback, safe, step)
-    if B is not None:
+    if isinstance(B, Compact):
+        fresh = compact_init(B.n, B.rows, dtype, c=1.0)
+        B = jax.tree.map(lambda a, b: jnp.where(fallback, a, b), fresh, B)
+    elif B is not None:
         B = jnp.where(fallback, jnp.eye(B.shape[0], dtype=dtype), B)
-    if isinstance(H, F.RescaledBFGS):
+    if isinstance(H, Compact):
+        fresh = compact_init(H.n, H.rows, dtype)
+        H = jax.tree.map(lambda a, b: jnp.where(fallback, a, b), fresh, H)
+    elif isinstance(H, F.RescaledBFGS):
         fresh = F.bfgs_rescaled_init(H.A.shape[0], dtype)
         H = jax.tree.map(lambda a, b: jnp.where(fallback, a, b), fresh, H)
     elif H is not None:
@@ -427,5 +481,5 @@ def learned(net, name: str = "optimus") -> Optimizer:
     def update(state, value: jax.Array, grad: jax.Array):
         return model_update(net, state, value, grad)
 
-    hess_inv = (lambda s: s.B) if uses_preconditioner(net) else None
+    hess_inv = (lambda s: _as_dense(s.B)) if uses_preconditioner(net) else None
     return Optimizer(name=name, init=init, update=update, hess_inv=hess_inv)

@@ -110,9 +110,12 @@ def compact_dense(H: Compact) -> jax.Array:
 
 
 def _write(H: Compact, vecs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``P`` with ``vecs`` (``(j, n)``) written at row ``k`` (at the scratch rows when full),
-    the row index used and whether there was room."""
+    r"""``P`` with ``vecs`` (``(j, n)``) written at row ``k`` (at the scratch rows when full),
+    the row index used and whether there was room. Non-finite entries are written as 0: an
+    unused row must stay finite, since :math:`0 \cdot \infty` would turn every product with
+    ``P`` into NaN (such an update is skipped, or its step replaced by the safeguard)."""
     j = vecs.shape[0]
+    vecs = jnp.where(jnp.isfinite(vecs), vecs, 0)
     room = H.k + j <= H.rows
     start = jnp.where(room, H.k, H.rows)
     P = jax.lax.dynamic_update_slice(H.P, vecs.astype(H.P.dtype), (start, jnp.zeros_like(start)))
@@ -193,4 +196,16 @@ def compact_precondition_update(B: Compact, u: jax.Array, rho: jax.Array) -> Com
         P=P,
         M=rho * B.M + jnp.outer(e, e),
         k=jnp.where(room, B.k + 1, B.k),
+    )
+
+
+def compact_reset(H: Compact, c: float, pred: jax.Array) -> Compact:
+    r"""``H`` reset to :math:`c\,I` where ``pred`` holds (the safeguard's fresh start). ``P``
+    is kept as it is: with :math:`M = 0` and no row in use it adds nothing, and a reset then
+    costs no pass over it."""
+    return Compact(
+        c=jnp.where(pred, jnp.asarray(c, H.c.dtype), H.c),
+        P=H.P,
+        M=jnp.where(pred, jnp.zeros_like(H.M), H.M),
+        k=jnp.where(pred, jnp.zeros_like(H.k), H.k),
     )

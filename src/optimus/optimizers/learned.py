@@ -103,6 +103,7 @@ from optimus.nets.compact import (
     compact_dense,
     compact_init,
     compact_precondition_update,
+    compact_reset,
     compact_sr1_update,
 )
 from optimus.nets.optimus import MAG_SCALE, precondition_update
@@ -324,8 +325,12 @@ def learned_update(net, state: LearnedState, value: jax.Array, grad: jax.Array) 
     if SAFEGUARD:
         step, B_new, H_new, fallback = _safeguard(step, B_new, H_new, g, s, dx, q, ell, mask)
         if sr1 is not None:  # restarts from scratch with the BFGS estimate
-            fresh = _sr1_init(x.shape[0], dtype, _memory(net))
-            sr1 = jax.tree.map(lambda a, b: jnp.where(fallback, a, b), fresh, sr1)
+            if isinstance(sr1.H, Compact):
+                score = jnp.where(fallback, jnp.zeros_like(sr1.score), sr1.score)
+                sr1 = SR1State(compact_reset(sr1.H, 0.0, fallback), score)
+            else:
+                fresh = _sr1_init(x.shape[0], dtype)
+                sr1 = jax.tree.map(lambda a, b: jnp.where(fallback, a, b), fresh, sr1)
     else:
         fallback = jnp.zeros((), bool)
     return LearnedState(
@@ -371,13 +376,11 @@ def _safeguard(step, B, H, g, s, dx, q, ell, mask):
     safe = jnp.where(jnp.isfinite(safe), safe, 0)
     step = jnp.where(fallback, safe, step)
     if isinstance(B, Compact):
-        fresh = compact_init(B.n, B.rows, dtype, c=1.0)
-        B = jax.tree.map(lambda a, b: jnp.where(fallback, a, b), fresh, B)
+        B = compact_reset(B, 1.0, fallback)
     elif B is not None:
         B = jnp.where(fallback, jnp.eye(B.shape[0], dtype=dtype), B)
     if isinstance(H, Compact):
-        fresh = compact_init(H.n, H.rows, dtype)
-        H = jax.tree.map(lambda a, b: jnp.where(fallback, a, b), fresh, H)
+        H = compact_reset(H, 0.0, fallback)
     elif isinstance(H, F.RescaledBFGS):
         fresh = F.bfgs_rescaled_init(H.A.shape[0], dtype)
         H = jax.tree.map(lambda a, b: jnp.where(fallback, a, b), fresh, H)

@@ -11,7 +11,7 @@ learned model, ``--steps`` steps in one ``lax.scan`` on the sphere, whose gradie
 costs nothing. Each (model, n) is compiled once and timed ``--repeats`` times; the table gives
 the fastest and the median repeat in ms per step. ``optimus`` holds three n x n matrices
 (preconditioner ``B``, BFGS ``H`` and SR1 ``H``): it is timed with them dense and in the
-compact form that :func:`optimus.minimize` uses when n > 4 x the budget
+compact form that :func:`optimus.minimize` uses when n > 8 x the budget
 (``NetConfig.qn_memory`` = ``--steps``, exact for that many steps; ``optimus.nets.compact``),
 the dense form only up to ``--dense-max``. The size of the optimizer's state goes beside the
 times. The CPU, JAX version and date go into the report, since the numbers are only
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} timed calls after the compiling one; ms per step, fastest call "
         "(median in brackets), and the size of the optimizer's state in MB. '(compact)': the "
         f"n x n matrices in compact form with room for {args.steps} updates "
-        "(`NetConfig.qn_memory`, what `optimus.minimize` uses when n > 4 x the budget); "
+        "(`NetConfig.qn_memory`, what `optimus.minimize` uses when n > 8 x the budget); "
         f"dense matrices timed up to n = {args.dense_max}.",
         "",
         "| n | " + " | ".join(label for label, _, _ in columns) + " |",

@@ -128,7 +128,7 @@ def test_minimize_switches_to_the_compact_form_only_where_it_is_cheaper():
 def test_minimize_in_compact_form_matches_dense_and_returns_an_spd_hess_inv():
     """A problem large enough for the compact form: same result as the forced dense form
     (to float32 rounding along the trajectory) and ``hess_inv`` the materialised B."""
-    n, steps = 120, 25
+    n, steps = 240, 25  # n > COMPACT_MIN_RATIO * steps
     d = jnp.linspace(1.0, 20.0, n)
     f = lambda x: jnp.sum(d * (x - 0.3) ** 2)  # noqa: E731
     x0 = jnp.zeros(n)

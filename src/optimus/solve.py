@@ -544,14 +544,17 @@ def _fit_smoothing(params: Any, budget: int) -> Any:
     return with_rule(params, smooth_rounds=fit)
 
 
-COMPACT_MIN_RATIO = 4
+COMPACT_MIN_RATIO = 8
 r""":func:`minimize` holds a learned method's :math:`n\times n` matrices (the preconditioner
 :math:`B`, the BFGS and SR1 estimates) in compact form (:mod:`optimus.nets.compact`) when
-:math:`n > 4 m`, :math:`m = \min(\text{steps}, \text{max\_evals})` the most updates they can
+:math:`n > 8 m`, :math:`m = \min(\text{steps}, \text{max\_evals})` the most updates they can
 receive, unless the ``qn_memory`` option is given (0: always dense). A compact matrix with
-:math:`m` updates keeps :math:`2m` vectors of length :math:`n` where the dense one keeps
-:math:`n^2` entries, and equals it in exact arithmetic; the ratio 4 leaves the dense form
-wherever the two cost about the same (``bench_results/step_cost/``)."""
+room for :math:`m` updates keeps up to :math:`2m` vectors of length :math:`n` where the dense
+one keeps :math:`n^2` entries, and equals it in exact arithmetic. It needs less memory from
+:math:`n \approx 2m`, but its products read those vectors several times per step, so it is
+faster only from :math:`n \approx 8m`: with :math:`m = 100` on a 2-core Intel Xeon, 1.04 /
+2.46 / 3.31 / 4.23 / 27.0 ms per step dense against 1.34 / 2.52 / 3.33 / 3.97 / 9.69
+compact at :math:`n` = 300 / 600 / 800 / 1000 / 3000 (``bench_results/step_cost/``)."""
 
 
 def fit_memory(params: Any, n: int, budget: int, options: dict[str, Any] | None) -> Any:
@@ -688,7 +691,7 @@ def minimize(
             ``smooth_rounds`` is given, a smoothing phase is shortened to take at most 70 %
             of ``min(steps, max_evals)`` (:data:`SMOOTH_BUDGET_FRACTION`). Unless
             ``qn_memory`` is given, ``optimus``' n x n matrices are held in compact form
-            when ``n > 4 min(steps, max_evals)`` (:data:`COMPACT_MIN_RATIO`;
+            when ``n > 8 min(steps, max_evals)`` (:data:`COMPACT_MIN_RATIO`;
             ``{"qn_memory": 0}`` keeps them dense).
         verbose: ``False`` (default) prints nothing; ``True`` prints a progress line every 10
             iterations, an integer ``k >= 1`` every ``k`` iterations, plus one at the end. In

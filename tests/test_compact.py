@@ -125,22 +125,64 @@ def test_minimize_switches_to_the_compact_form_only_where_it_is_cheaper():
         NetConfig(qn_memory=-1)
 
 
-def test_minimize_in_compact_form_matches_dense_and_returns_an_spd_hess_inv():
+def test_minimize_in_compact_form_matches_dense_and_returns_an_operator_hess_inv():
     """A problem large enough for the compact form: same result as the forced dense form
-    (to float32 rounding along the trajectory) and ``hess_inv`` the materialised B."""
+    (to float32 rounding along the trajectory), and ``hess_inv`` an operator (as scipy's
+    L-BFGS-B returns) equal to the dense B, scaled by the box half-widths with bounds."""
+    from scipy.sparse.linalg import LinearOperator
+
     n, steps = 240, 25  # n > COMPACT_MIN_RATIO * steps
     d = jnp.linspace(1.0, 20.0, n)
     f = lambda x: jnp.sum(d * (x - 0.3) ** 2)  # noqa: E731
     x0 = jnp.zeros(n)
-    auto = optimus.minimize(f, x0, steps=steps, max_evals=steps, gtol=0.0)
-    dense = optimus.minimize(
-        f, x0, steps=steps, max_evals=steps, gtol=0.0, options={"qn_memory": 0}
-    )
+    kw = dict(steps=steps, max_evals=steps, gtol=0.0)
+    auto = optimus.minimize(f, x0, **kw)
+    dense = optimus.minimize(f, x0, **kw, options={"qn_memory": 0})
     assert auto.fun < 1e-3 * float(f(x0))
     assert abs(np.log10(auto.fun) - np.log10(dense.fun)) < 0.5
-    assert auto.hess_inv.shape == (n, n)
-    np.testing.assert_allclose(auto.hess_inv, auto.hess_inv.T, atol=1e-5)
-    assert np.linalg.eigvalsh(auto.hess_inv).min() > 1 - 1e-3
+    assert isinstance(auto.hess_inv, LinearOperator)
+    assert not isinstance(dense.hess_inv, LinearOperator) and dense.hess_inv.shape == (n, n)
+    H = auto.hess_inv @ np.eye(n, dtype=np.float32)
+    np.testing.assert_allclose(H, H.T, atol=1e-5)
+    assert np.linalg.eigvalsh(H).min() > 1 - 1e-3  # B >= I
+    boxed = optimus.minimize(f, x0, **kw, bounds=(-2.0, 2.0))
+    H_box = boxed.hess_inv @ np.eye(n, dtype=np.float32)
+    assert np.linalg.eigvalsh(H_box).min() > 4 * (1 - 1e-3)  # h B h with h = 2
+
+
+def test_minimize_batch_returns_one_operator_per_problem_in_compact_form():
+    from scipy.sparse.linalg import LinearOperator
+
+    n, steps = 48, 5  # n > COMPACT_MIN_RATIO * steps
+    x0 = jnp.stack([jnp.zeros(n), jnp.ones(n)])
+    res = optimus.minimize_batch(
+        lambda x, a: jnp.sum((x - a) ** 2), x0, args=(jnp.asarray([0.5, -0.5]),), steps=steps
+    )
+    assert isinstance(res.hess_inv, list) and len(res.hess_inv) == 2
+    for b in range(2):
+        op = res.result(b).hess_inv
+        assert isinstance(op, LinearOperator) and op.shape == (n, n)
+        assert np.all(np.isfinite(op @ np.ones(n, np.float32)))
+
+
+def test_compact_corner_cases_behave_like_the_dense_forms():
+    n = 4
+    # a non-finite u makes B non-finite, as in the dense form (the safeguard then resets it)
+    B = C.compact_init(n, 3, jnp.float32, c=1.0)
+    B = C.compact_precondition_update(B, jnp.asarray([1.0, jnp.inf, 0.0, 2.0]), 0.5)
+    assert not np.all(np.isfinite(C.compact_apply(B, jnp.ones(n))))
+    assert np.all(np.isfinite(B.P))  # the row itself is written finite
+    # an estimate whose scale underflowed to 0 still has its pairs: not "fresh"
+    H = C.compact_init(n, 4, jnp.float32)
+    assert not bool(C.compact_started(H))
+    assert bool(C.compact_started(eqx_replace_k(H, 2)))
+    # qn_memory set in the network's config is the caller's choice too
+    net = with_rule(optimus.load_pretrained("optimus"), qn_memory=3)
+    assert fit_memory(net, 10**6, 100, {}).config.qn_memory == 3
+
+
+def eqx_replace_k(H, k):
+    return C.Compact(c=H.c, P=H.P, M=H.M, k=jnp.asarray(k, jnp.int32))
 
 
 def test_optax_interface_takes_qn_memory_for_large_models(caplog):

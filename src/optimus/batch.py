@@ -61,7 +61,8 @@ class BatchOptimizeResult(OptimizeResult):
     ``n_fallback`` and ``n_rejected`` are arrays of shape ``(B,)``; ``message`` is a list of
     ``B`` strings; ``history`` is ``(B, steps + 1)`` and ``eval_history`` ``(B, max_evals)``,
     padded with NaN after each problem's own ``nit + 1`` and ``nfev`` entries; ``hess_inv``,
-    where the method has one, is ``(B, n, n)``. ``result(b)`` gives problem ``b`` as an
+    where the method has one, is ``(B, n, n)`` (a list of ``B`` operators when it was held in
+    compact form). ``result(b)`` gives problem ``b`` as an
     ordinary :class:`optimus.OptimizeResult`, ``results()`` all of them.
     """
 

@@ -71,7 +71,9 @@ class OptimizeResult(_ScipyResult):
     safeguard step or, for learned models with step acceptance (``NetConfig.monotone``, all
     shipped ones), worse than the best accepted point; first-order and learned methods retry
     them with a halved step, line searches shrink theirs), ``method``, for preconditioned
-    methods ``hess_inv`` (the inverse-Hessian estimate or learned preconditioner ``B``), and
+    methods ``hess_inv`` (the inverse-Hessian estimate or learned preconditioner ``B``; a
+    :class:`scipy.sparse.linalg.LinearOperator`, as scipy's L-BFGS-B returns, when ``B`` was
+    held in compact form, :data:`optimus.solve.COMPACT_MIN_RATIO`), and
     after ``status == OBJECTIVE_ERROR`` the exception the objective raised in ``exception``.
     """
 

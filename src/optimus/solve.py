@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from optimus.nets.compact import Compact, compact_operator
 from optimus.optimizers import (
     LEARNED_METHODS,
     Optimizer,
@@ -560,10 +561,11 @@ compact at :math:`n` = 300 / 600 / 800 / 1000 / 3000 (``bench_results/step_cost/
 def fit_memory(params: Any, n: int, budget: int, options: dict[str, Any] | None) -> Any:
     """``params`` with ``qn_memory`` set for a problem of ``n`` unknowns and ``budget``
     updates (:data:`COMPACT_MIN_RATIO`); unchanged for classical methods, for networks
-    without dense matrices and when the caller chose ``qn_memory``."""
+    without dense matrices and when the caller chose ``qn_memory`` (in ``options``, or a
+    non-zero value in the network's config)."""
     config = getattr(params, "config", None)
-    if config is None or "qn_memory" in (options or {}):
-        return params
+    if config is None or "qn_memory" in (options or {}) or config.qn_memory:
+        return params  # a classical method, or the caller chose
     if config.secant == "bfgs" and config.bfgs_h0 == "rescale":
         return params  # the rescaled estimate is dense only
     if not ((config.kind == "optimus" and config.precondition) or config.secant == "bfgs"):
@@ -854,11 +856,19 @@ def finalize(carry: Carry, x_best, hess_inv, x0_flat, box: _Box | None) -> dict[
     status = np.where(finite, status, none_found)
     x = jnp.where(jnp.asarray(finite)[..., None], x_best, x0_flat)
     jac = carry.best_g
-    if box is not None:
-        h = 0.5 * (box.hi - box.lo)
+    h = None if box is None else 0.5 * (box.hi - box.lo)
+    if h is not None:
         jac = jac / h
-        if hess_inv is not None:
-            hess_inv = h[:, None] * hess_inv * h[None, :]
+    if isinstance(hess_inv, Compact):  # an operator (one per problem of a batch)
+        if hess_inv.P.ndim == 2:
+            hess_inv = compact_operator(hess_inv, h)
+        else:
+            hess_inv = [
+                compact_operator(jax.tree.map(lambda a, b=b: a[b], hess_inv), h)
+                for b in range(hess_inv.P.shape[0])
+            ]
+    elif hess_inv is not None and h is not None:
+        hess_inv = h[:, None] * hess_inv * h[None, :]
     n_rejected = np.asarray(carry.n_rejected) + np.asarray(getattr(carry.state, "n_reject", 0))
     return dict(status=status, x=x, jac=jac, hess_inv=hess_inv, n_rejected=n_rejected)
 

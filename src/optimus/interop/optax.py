@@ -193,7 +193,8 @@ def optimus(
                 "optimus.optax.optimus: %d parameters; method 'optimus' keeps a dense "
                 "%d x %d preconditioner and BFGS and SR1 estimates (O(n^2) memory and time); "
                 "pass qn_memory=<number of updates> for their compact form (O(n) per "
-                "update, frozen after that many), or consider method='optimus-noprecond' or "
+                "update, exact for that many; then the secant estimates freeze and the "
+                "preconditioner is only damped), or consider method='optimus-noprecond' or "
                 "'mlp' (both O(n)) for large models",
                 flat.size,
                 flat.size,

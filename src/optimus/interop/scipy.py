@@ -275,8 +275,9 @@ def scipy_method(
         n_fallback=int(res.n_fallback),
         method=res.method,
     )
-    if "hess_inv" in res:
-        out.hess_inv = np.asarray(res.hess_inv, dtype=np.float64)
+    if "hess_inv" in res:  # an operator (compact form) stays one, as L-BFGS-B's does
+        h = res.hess_inv
+        out.hess_inv = h if hasattr(h, "matvec") else np.asarray(h, dtype=np.float64)
     if allvecs is not None:
         out.allvecs = allvecs
     if disp:

@@ -122,6 +122,16 @@ def _write(H: Compact, vecs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array
     return P, start, room
 
 
+def _fresh(H: Compact) -> jax.Array:
+    """ "No pair yet": the dense forms' zero trace (``c`` alone could underflow to 0)."""
+    return (H.c == 0) & (H.k == 0)
+
+
+def compact_started(H: Compact) -> jax.Array:
+    """Whether a secant estimate has had its first pair (the dense forms: non-zero trace)."""
+    return ~_fresh(H)
+
+
 def _unit(size: int, i: jax.Array, dtype) -> jax.Array:
     return (jnp.arange(size) == i).astype(dtype)
 
@@ -135,7 +145,7 @@ def compact_bfgs_update(H: Compact, s: jax.Array, y: jax.Array) -> Compact:
     P, k, room = _write(H, jnp.stack([s, y]))
     keep = (sy > 1e-10 * jnp.sqrt(jnp.vdot(s, s) * yy)) & room
     safe_sy = jnp.where(keep, sy, 1.0)
-    fresh = H.c == 0
+    fresh = _fresh(H)
     gamma = safe_sy / jnp.where(keep, yy, 1.0)
     p = P @ y
     Mp = H.M @ p
@@ -165,7 +175,7 @@ def compact_sr1_update(H: Compact, s: jax.Array, y: jax.Array) -> Compact:
     dtype = H.P.dtype
     sy = jnp.vdot(s, y)
     yy = jnp.vdot(y, y)
-    fresh = H.c == 0
+    fresh = _fresh(H)
     start = fresh & (sy > 0) & (yy > 0)
     gamma = jnp.where(start, sy, 0.0) / jnp.where(start, yy, 1.0)
     c0 = jnp.where(fresh, gamma, H.c)
@@ -187,12 +197,15 @@ def compact_sr1_update(H: Compact, s: jax.Array, y: jax.Array) -> Compact:
 def compact_precondition_update(B: Compact, u: jax.Array, rho: jax.Array) -> Compact:
     r""":func:`optimus.nets.optimus.precondition_update` in compact form: :math:`B_+ = \rho B
     + (1-\rho) I + u u^\top`; with no row left, :math:`B_+ = \rho B + (1-\rho) I` (still
-    :math:`\succeq I`)."""
+    :math:`\succeq I`). A non-finite ``u`` makes :math:`c` NaN, as it makes the dense
+    :math:`B` non-finite, so that the step is non-finite and the safeguard resets
+    :math:`B` (the row itself is written as zeros, :func:`_write`)."""
     dtype = B.P.dtype
     P, k, room = _write(B, u[None, :])
     e = _unit(P.shape[0], k, dtype) * room.astype(dtype)
+    c = rho * B.c + (1 - rho)
     return Compact(
-        c=rho * B.c + (1 - rho),
+        c=jnp.where(jnp.all(jnp.isfinite(u)), c, jnp.nan).astype(dtype),
         P=P,
         M=rho * B.M + jnp.outer(e, e),
         k=jnp.where(room, B.k + 1, B.k),
@@ -209,3 +222,25 @@ def compact_reset(H: Compact, c: float, pred: jax.Array) -> Compact:
         M=jnp.where(pred, jnp.zeros_like(H.M), H.M),
         k=jnp.where(pred, jnp.zeros_like(H.k), H.k),
     )
+
+
+def compact_operator(H: Compact, scale=None):
+    r"""``H`` (one problem, arrays on the host) as a :class:`scipy.sparse.linalg.LinearOperator`
+    :math:`v \mapsto D H D v`, :math:`D = \mathrm{diag}(\text{scale})` (the box half-widths,
+    or 1), without forming the :math:`n \times n` matrix; ``.todense()`` forms it. This is
+    ``OptimizeResult.hess_inv`` for a solve in compact form, as scipy's L-BFGS-B returns its
+    inverse Hessian as an operator."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator
+
+    c = float(H.c)
+    P, M = np.asarray(H.P), np.asarray(H.M)
+    n = P.shape[1]
+    d = np.ones(n, P.dtype) if scale is None else np.asarray(scale, P.dtype)
+
+    def matvec(v):
+        v = np.asarray(v).reshape(n, -1) * d[:, None]
+        out = c * v + P.T @ (M @ (P @ v))
+        return (out * d[:, None]).astype(P.dtype)
+
+    return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, matmat=matvec, dtype=P.dtype)

@@ -170,7 +170,8 @@ class NetConfig:
     # how the n x n matrices of the state (the preconditioner B, the dense BFGS and SR1
     # estimates) are held: 0 - dense; m > 0 - in compact form c I + P^T M P with room for m
     # updates (optimus.nets.compact), O(m n) instead of O(n^2) per step and equal in exact
-    # arithmetic while at most m steps are taken (then the estimates freeze). Not part of
+    # arithmetic while at most m steps are taken (then the BFGS and SR1 estimates freeze and
+    # B is only damped). Not part of
     # the trained model: optimus.minimize sets it from the budget where it is cheaper
     # (optimus.solve.COMPACT_MIN_RATIO)
     qn_memory: int = 0

@@ -100,11 +100,11 @@ from optimus.nets.compact import (
     Compact,
     compact_apply,
     compact_bfgs_update,
-    compact_dense,
     compact_init,
     compact_precondition_update,
     compact_reset,
     compact_sr1_update,
+    compact_started,
 )
 from optimus.nets.optimus import MAG_SCALE, precondition_update
 from optimus.optimizers.acceptance import AcceptState, accept_init, accept_update
@@ -233,12 +233,7 @@ def _dense_apply(H, v: jax.Array) -> jax.Array:
 
 def _started(H) -> jax.Array:
     """Whether a secant estimate has its first pair (the dense forms: a non-zero trace)."""
-    return H.c != 0 if isinstance(H, Compact) else F.trace(H) != 0
-
-
-def _as_dense(M):
-    """A matrix of the state as a dense array (``OptimizeResult.hess_inv``)."""
-    return compact_dense(M) if isinstance(M, Compact) else M
+    return compact_started(H) if isinstance(H, Compact) else F.trace(H) != 0
 
 
 def _sr1_direction(sr1: SR1State, H_bfgs, g, s, y, q, t, margin: float):
@@ -484,5 +479,6 @@ def learned(net, name: str = "optimus") -> Optimizer:
     def update(state, value: jax.Array, grad: jax.Array):
         return model_update(net, state, value, grad)
 
-    hess_inv = (lambda s: _as_dense(s.B)) if uses_preconditioner(net) else None
+    # B as it is held: a Compact becomes a LinearOperator in optimus.solve.finalize
+    hess_inv = (lambda s: s.B) if uses_preconditioner(net) else None
     return Optimizer(name=name, init=init, update=update, hess_inv=hess_inv)

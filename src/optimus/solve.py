@@ -566,13 +566,15 @@ def fit_memory(params: Any, n: int, budget: int, options: dict[str, Any] | None)
     config = getattr(params, "config", None)
     if config is None or "qn_memory" in (options or {}) or config.qn_memory:
         return params  # a classical method, or the caller chose
+    from optimus.nets import with_rule
+    from optimus.optimizers.learned import uses_dense_bfgs, uses_preconditioner
+
     if config.secant == "bfgs" and config.bfgs_h0 == "rescale":
         return params  # the rescaled estimate is dense only
-    if not ((config.kind == "optimus" and config.precondition) or config.secant == "bfgs"):
+    if not (uses_preconditioner(params) or uses_dense_bfgs(params)):
         return params  # no n x n matrix in the state
     if n <= COMPACT_MIN_RATIO * budget:
         return params
-    from optimus.nets import with_rule
 
     return with_rule(params, qn_memory=int(budget))
 

@@ -104,7 +104,8 @@ def compact_apply(H: Compact, v: jax.Array) -> jax.Array:
 
 
 def compact_dense(H: Compact) -> jax.Array:
-    r"""The dense :math:`n\times n` matrix (for ``OptimizeResult.hess_inv`` and tests)."""
+    r"""The dense :math:`n\times n` matrix (for tests and inspection; ``hess_inv`` is the
+    operator of :func:`compact_operator`)."""
     eye = jnp.eye(H.n, dtype=H.P.dtype)
     return H.c * eye + H.P.T @ H.M @ H.P
 
@@ -123,7 +124,7 @@ def _write(H: Compact, vecs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array
 
 
 def _fresh(H: Compact) -> jax.Array:
-    """ "No pair yet": the dense forms' zero trace (``c`` alone could underflow to 0)."""
+    """No pair yet, the dense forms' zero trace (``c`` alone could underflow to 0)."""
     return (H.c == 0) & (H.k == 0)
 
 

@@ -42,10 +42,11 @@ def cpu_name() -> str:
 def has_dense_matrices(name: str) -> bool:
     """Whether the shipped model ``name`` keeps n x n matrices (so it has a compact form)."""
     import optimus
-    from optimus.solve import fit_memory
+    from optimus.optimizers.learned import uses_dense_bfgs, uses_preconditioner
 
     net = optimus.load_pretrained(name)
-    return fit_memory(net, 10**9, 1, {}) is not net
+    compactable = getattr(net.config, "bfgs_h0", "selfscale") != "rescale"  # dense only
+    return compactable and (uses_preconditioner(net) or uses_dense_bfgs(net))
 
 
 def time_model(
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # (column label, model, qn_memory): the models with n x n matrices also in compact form
     columns = []
+    dense_models = {m for m in models if has_dense_matrices(m)}
     for m in models:
-        if has_dense_matrices(m):
+        if m in dense_models:
             columns += [(f"{m} (dense)", m, 0), (f"{m} (compact)", m, args.steps)]
         else:
             columns.append((m, m, 0))
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for n in dims:
         for label, m, memory in columns:
-            if memory == 0 and has_dense_matrices(m) and n > args.dense_max:
+            if memory == 0 and m in dense_models and n > args.dense_max:
                 continue
             compile_s, fastest, median, state_mb = time_model(
                 m, n, args.steps, args.repeats, memory
